@@ -44,6 +44,8 @@ class Config:
     algorithm_options: dict = dataclasses.field(default_factory=dict)
     clients_per_round: int | None = None  # partial participation: clients sampled per round
     clipping_heuristic: float | None = None  # lambda of the PP clipping heuristic (dsgd)
+    local_steps: int = 1  # FedAvg-style local SGD steps per round (dsgd)
+    local_lr: float | None = None  # the clients' learning rate (None: lr)
     compressor: str = "identity"
     compressor_options: dict = dataclasses.field(default_factory=dict)
     # defence
@@ -99,6 +101,14 @@ class Config:
                 f"clients_per_round needs 1 <= clients_per_round <= n, got "
                 f"clients_per_round={self.clients_per_round}, n={self.num_workers}"
             )
+        if self.local_steps < 1:
+            raise ValueError(f"local_steps needs to be >= 1, got local_steps={self.local_steps}")
+        if self.local_steps > 1 and self.algorithm != "dsgd":
+            raise ValueError(
+                f"local_steps > 1 is an option of algorithm dsgd, got algorithm={self.algorithm!r}"
+            )
+        if self.local_lr is not None and not self.local_lr > 0:
+            raise ValueError(f"local_lr needs to be > 0, got local_lr={self.local_lr}")
         if not 0 <= self.validation < 1:
             raise ValueError(
                 f"validation needs 0 <= validation < 1, got validation={self.validation}"

@@ -5,7 +5,10 @@ its own data (from device-resident index tables), computes its gradient
 (``vmap``), updates its momentum; the attack builds the Byzantine vectors
 from the honest ones; the defence (pre-aggregation then aggregation, an
 ``optax.chain`` of jaxrobust rules) combines all ``n`` vectors; the server
-optimiser (any optax transformation) updates the parameters. A run is a
+optimiser (any optax transformation) updates the parameters. With
+``local_steps > 1`` each client that trains this round runs that many local SGD
+steps instead (FedAvg-style, vmapped over the clients) and sends its model
+change divided by the local rate. A run is a
 ``lax.scan`` over chunks of rounds; the host only sees chunk boundaries, where
 it evaluates. Many seeds of one configuration run as one ``vmap``-ed program.
 """
@@ -244,31 +247,91 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
         )
 
     per_worker_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0))
+    local_steps = config.local_steps
+
+    def local_vector(params, batches, local_lr):
+        """``(x - x_K) / local_lr`` after ``K`` local SGD steps from ``x``, and the mean loss.
+
+        For ``K = 1`` this is the minibatch gradient, so ``lr`` keeps its meaning.
+        """
+
+        def one(p, batch):
+            loss, grad = jax.value_and_grad(loss_fn)(p, batch)
+            return jax.tree_util.tree_map(lambda w, g: w - local_lr * g, p, grad), loss
+
+        final, losses = jax.lax.scan(one, params, batches)
+        vector = jax.tree_util.tree_map(lambda a, z: (a - z) / local_lr, params, final)
+        return jnp.mean(losses), vector
+
+    per_worker_local = jax.vmap(local_vector, in_axes=(None, 0, None))
 
     def step(state: RunState):
         key, batch_key, attack_key, defence_key, sample_key = jax.random.split(state.key, 5)
-        idx = sample_batches(batch_key, state.indices, state.sizes, config.batch_size)
-        xb, yb = x_train[idx], y_train[idx]
-        losses, grads = per_worker_grad(state.params, (xb, yb))
-        beta = state.hyper.momentum
-        momentum = jax.tree_util.tree_map(
-            lambda m, g: (beta * m + (1.0 - beta) * g).astype(m.dtype), state.momentum, grads
-        )
         memory = state.memory
         lr = state.hyper.lr * schedule(state.server.count)
+        beta = state.hyper.momentum
         # Partial participation: the clients of this round, honest ones first in 0..h-1.
         if config.clients_per_round is None:
             sampled = jnp.arange(n)
         else:
             sampled = jax.random.permutation(sample_key, n)[: config.clients_per_round]
-            was_sampled = jnp.zeros(h, bool).at[sampled].set(True, mode="drop")
+        if local_steps == 1:
+            idx = sample_batches(batch_key, state.indices, state.sizes, config.batch_size)
+            xb, yb = x_train[idx], y_train[idx]
+            losses, grads = per_worker_grad(state.params, (xb, yb))
             momentum = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(
-                    was_sampled.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
-                ),
-                momentum,
-                state.momentum,
+                lambda m, g: (beta * m + (1.0 - beta) * g).astype(m.dtype), state.momentum, grads
             )
+            if config.clients_per_round is not None:
+                was_sampled = jnp.zeros(h, bool).at[sampled].set(True, mode="drop")
+                momentum = jax.tree_util.tree_map(
+                    lambda new, old: jnp.where(
+                        was_sampled.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
+                    ),
+                    momentum,
+                    state.momentum,
+                )
+
+            def flipped_vectors():
+                return per_worker_grad(state.params, (xb, num_classes - 1 - yb))[1]
+
+        else:
+            # FedAvg-style: only the clients that train this round run their local
+            # steps (vmapped). A Byzantine slot trains on a random honest worker's
+            # data: only label flipping uses its result.
+            if config.clients_per_round is None:
+                workers, rows = jnp.arange(h), jnp.arange(h)
+            else:
+                workers = jnp.where(sampled < h, sampled, sampled % h)
+                rows = jnp.where(sampled < h, sampled, h)  # h: dropped by the scatter
+            keys = jax.random.split(batch_key, local_steps)
+            idx = jax.vmap(
+                lambda k: sample_batches(
+                    k, state.indices[workers], state.sizes[workers], config.batch_size
+                )
+            )(keys)  # (K, clients, batch)
+            idx = jnp.swapaxes(idx, 0, 1)
+            xb, yb = x_train[idx], y_train[idx]
+            local_lr = lr if config.local_lr is None else config.local_lr
+            losses, vectors = per_worker_local(state.params, (xb, yb), local_lr)
+            if config.clients_per_round is not None:  # the training loss of honest clients
+                honest_slot = sampled < h
+                honest_loss = jnp.sum(jnp.where(honest_slot, losses, 0.0))
+                losses = jnp.where(
+                    honest_slot.any(),
+                    honest_loss / jnp.maximum(honest_slot.sum(), 1),
+                    jnp.mean(losses),
+                )
+            momentum = jax.tree_util.tree_map(
+                lambda m, v: m.at[rows]
+                .set((beta * m[workers] + (1.0 - beta) * v).astype(m.dtype), mode="drop"),
+                state.momentum,
+                vectors,
+            )
+
+            def flipped_vectors():
+                return per_worker_local(state.params, (xb, num_classes - 1 - yb), local_lr)[1]
+
         if heuristic is not None:  # lambda_k = lambda ||x_k - x_{k-1}||, no clipping at k = 0
             moved = optax.tree_utils.tree_norm(
                 jax.tree_util.tree_map(jnp.subtract, state.params, memory.params)
@@ -293,7 +356,7 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
         if b > 0:
             flipped = None
             if attack.needs_flipped_labels:
-                _, flipped = per_worker_grad(state.params, (xb, num_classes - 1 - yb))
+                flipped = flipped_vectors()
             shift, majority = None, None
             if attack.needs_shift_back:
                 # The aggregate that makes the next SGD step land on x_0.
