@@ -275,62 +275,51 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
             sampled = jnp.arange(n)
         else:
             sampled = jax.random.permutation(sample_key, n)[: config.clients_per_round]
+        # The clients that train this round: every honest worker, or the sampled
+        # clients (vmapped over those only). A Byzantine slot trains on a random
+        # honest worker's data; only label flipping uses its result.
+        if config.clients_per_round is None:
+            workers = rows = jnp.arange(h)
+            indices, sizes = state.indices, state.sizes
+        else:
+            workers = jnp.where(sampled < h, sampled, sampled % h)
+            rows = jnp.where(sampled < h, sampled, h)  # h: dropped by the scatter
+            indices, sizes = state.indices[workers], state.sizes[workers]
         if local_steps == 1:
-            idx = sample_batches(batch_key, state.indices, state.sizes, config.batch_size)
+            idx = sample_batches(batch_key, indices, sizes, config.batch_size)
             xb, yb = x_train[idx], y_train[idx]
-            losses, grads = per_worker_grad(state.params, (xb, yb))
-            momentum = jax.tree_util.tree_map(
-                lambda m, g: (beta * m + (1.0 - beta) * g).astype(m.dtype), state.momentum, grads
-            )
-            if config.clients_per_round is not None:
-                was_sampled = jnp.zeros(h, bool).at[sampled].set(True, mode="drop")
-                momentum = jax.tree_util.tree_map(
-                    lambda new, old: jnp.where(
-                        was_sampled.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
-                    ),
-                    momentum,
-                    state.momentum,
-                )
+            losses, vectors = per_worker_grad(state.params, (xb, yb))
 
             def flipped_vectors():
                 return per_worker_grad(state.params, (xb, num_classes - 1 - yb))[1]
 
-        else:
-            # FedAvg-style: only the clients that train this round run their local
-            # steps (vmapped). A Byzantine slot trains on a random honest worker's
-            # data: only label flipping uses its result.
-            if config.clients_per_round is None:
-                workers, rows = jnp.arange(h), jnp.arange(h)
-            else:
-                workers = jnp.where(sampled < h, sampled, sampled % h)
-                rows = jnp.where(sampled < h, sampled, h)  # h: dropped by the scatter
+        else:  # FedAvg-style local steps
             keys = jax.random.split(batch_key, local_steps)
-            idx = jax.vmap(
-                lambda k: sample_batches(
-                    k, state.indices[workers], state.sizes[workers], config.batch_size
-                )
-            )(keys)  # (K, clients, batch)
-            idx = jnp.swapaxes(idx, 0, 1)
-            xb, yb = x_train[idx], y_train[idx]
+            idx = jax.vmap(lambda k: sample_batches(k, indices, sizes, config.batch_size))(keys)
+            xb, yb = x_train[jnp.swapaxes(idx, 0, 1)], y_train[jnp.swapaxes(idx, 0, 1)]
             local_lr = lr if config.local_lr is None else config.local_lr
             losses, vectors = per_worker_local(state.params, (xb, yb), local_lr)
-            if config.clients_per_round is not None:  # the training loss of honest clients
-                honest_slot = sampled < h
-                honest_loss = jnp.sum(jnp.where(honest_slot, losses, 0.0))
-                losses = jnp.where(
-                    honest_slot.any(),
-                    honest_loss / jnp.maximum(honest_slot.sum(), 1),
-                    jnp.mean(losses),
-                )
-            momentum = jax.tree_util.tree_map(
-                lambda m, v: m.at[rows]
-                .set((beta * m[workers] + (1.0 - beta) * v).astype(m.dtype), mode="drop"),
-                state.momentum,
-                vectors,
-            )
 
             def flipped_vectors():
                 return per_worker_local(state.params, (xb, num_classes - 1 - yb), local_lr)[1]
+
+        if config.clients_per_round is None:
+            momentum = jax.tree_util.tree_map(
+                lambda m, v: (beta * m + (1.0 - beta) * v).astype(m.dtype), state.momentum, vectors
+            )
+        else:  # only the sampled honest clients' rows move
+            momentum = jax.tree_util.tree_map(
+                lambda m, v: m.at[rows].set(
+                    (beta * m[workers] + (1.0 - beta) * v).astype(m.dtype), mode="drop"
+                ),
+                state.momentum,
+                vectors,
+            )
+            honest_slot = sampled < h  # the training loss of the honest clients
+            honest_loss = jnp.sum(jnp.where(honest_slot, losses, 0.0))
+            losses = jnp.where(
+                honest_slot.any(), honest_loss / jnp.maximum(honest_slot.sum(), 1), jnp.mean(losses)
+            )
 
         if heuristic is not None:  # lambda_k = lambda ||x_k - x_{k-1}||, no clipping at k = 0
             moved = optax.tree_utils.tree_norm(
