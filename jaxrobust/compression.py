@@ -16,7 +16,9 @@ Variance constant
 every ``x`` in ``R^d``. For an unbiased compressor (``E[C(x)] = x``) this is
 the usual variance bound. For the biased ``top_k`` it is the deterministic
 contraction ``||C(x) - x||^2 <= (1 - alpha) ||x||^2`` with ``alpha = K/d``,
-that is ``omega = 1 - alpha``.
+that is ``omega = 1 - alpha``. :func:`contractive` turns an unbiased
+compressor into a contraction in expectation, ``C / (1 + omega)`` with
+``alpha = 1 / (1 + omega)`` (for EF21-type methods).
 
 Bit counts
 ----------
@@ -63,6 +65,7 @@ __all__ = [
     "COMPRESSORS",
     "Compressor",
     "compress_workers",
+    "contractive",
     "identity",
     "make_compressor",
     "natural_compression",
@@ -409,6 +412,79 @@ def natural_compression() -> Compressor:
         return 0.125
 
     return Compressor("natural_compression", compress, unbiased=True, omega=omega)
+
+
+def contractive(compressor: Compressor) -> Compressor:
+    """An unbiased compressor scaled into a contractive one: ``C / (1 + omega)``.
+
+    EF21-type methods need a *contractive* compressor ``C'``,
+    ``E||C'(x) - x||^2 <= (1 - alpha) ||x||^2`` with ``alpha in (0, 1]``.
+    An unbiased ``C`` with variance constant ``omega``
+    (``E[C(x)] = x``, ``E||C(x) - x||^2 <= omega ||x||^2``) need not be one
+    (not when ``omega >= 1``), but ``C'(x) = C(x) / (1 + omega)`` is, with
+    ``alpha = 1 / (1 + omega)``:
+
+    ``E||C'(x) - x||^2 = ||x||^2 - 2 <E C(x), x> / (1 + omega)
+    + E||C(x)||^2 / (1 + omega)^2
+    <= (1 - 2 / (1 + omega) + 1 / (1 + omega)) ||x||^2
+    = (omega / (1 + omega)) ||x||^2``,
+
+    using ``E C(x) = x`` and ``E||C(x)||^2 = E||C(x) - x||^2 + ||x||^2 <=
+    (1 + omega) ||x||^2``. The bound is attained when ``C``'s is (RandK:
+    ``C'`` is *unscaled* RandK, keep ``K`` random coordinates as they are,
+    with ``E||C'(x) - x||^2 = (1 - K/d) ||x||^2`` exactly). ``omega = 0``
+    (``identity``) leaves the compressor unchanged.
+
+    Parameters
+    ----------
+    compressor:
+        An unbiased compressor (``compressor.unbiased``).
+
+    Returns
+    -------
+    Compressor
+        The same ``name``, bits and keys, ``unbiased=False``, ``omega(d) =
+        1 - alpha = omega(d) / (1 + omega(d))`` (the contraction constant in
+        this module's convention), ``params`` extended with
+        ``("contractive", True)``.
+
+    Raises
+    ------
+    ValueError
+        For a biased compressor (``top_k`` is contractive already, and the
+        bound above needs ``E C(x) = x``).
+
+    References
+    ----------
+    Richtarik, Sokolov, Fatkhullin, "EF21: a new, simpler, theoretically
+    better, and practically faster error feedback", NeurIPS 2021;
+    Beznosikov, Horvath, Richtarik, Safaryan, "On biased compression for
+    distributed learning", JMLR 2023 (the scaling of unbiased compressors).
+    """
+    if not compressor.unbiased:
+        raise ValueError(
+            f"contractive needs an unbiased compressor, got {compressor.name!r} "
+            "(biased compressors such as top_k are used as they are)"
+        )
+
+    def compress(key: Array, vector: PyTree) -> tuple[PyTree, Array]:
+        d = sum(leaf.size for leaf in jax.tree_util.tree_leaves(vector))
+        scale = 1.0 / (1.0 + compressor.omega(d))
+        out, bits = compressor.compress(key, vector)
+        if scale == 1.0:
+            return out, bits
+        return jax.tree_util.tree_map(lambda v: (v * scale).astype(v.dtype), out), bits
+
+    def omega(d: int) -> float:
+        return 1.0 - 1.0 / (1.0 + compressor.omega(d))
+
+    return Compressor(
+        compressor.name,
+        compress,
+        unbiased=False,
+        omega=omega,
+        params=(*compressor.params, ("contractive", True)),
+    )
 
 
 # --------------------------------------------------------------------------

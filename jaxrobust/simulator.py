@@ -43,15 +43,19 @@ RULES = tuple(
 )
 
 
-def make_defence(config: Config, n: int | None = None) -> optax.GradientTransformation:
+def make_defence(
+    config: Config, n: int | None = None, *, f: int | None = None
+) -> optax.GradientTransformation:
     """The defence as an ``optax.chain``: the names in ``config.defence`` applied in order.
 
     ``["arc", "nnm", "trimmed_mean"]`` is ``CWTM o NNM o ARC``: ARC first on
     the received vectors, the aggregator last. Built for ``n`` received
     vectors (default: all workers; the sampled clients under partial
-    participation).
+    participation) of which the rules assume at most ``f`` Byzantine
+    (default: ``config.defence_f``). A rule that cannot take ``(n, f)``
+    raises a ``ValueError`` naming its bound (e.g. ``n > 2f``).
     """
-    f = config.defence_f
+    f = config.defence_f if f is None else f
     n = config.num_workers if n is None else n
     chain, workers = [], n
     names = list(config.defence)
@@ -445,6 +449,34 @@ METRIC_COLUMNS = (
     "epochs",
 )
 
+# Cumulative metrics (a running total after each round, e.g. epochs): a chunk
+# reports the value after its last round. Every other metric is a per-round
+# quantity, reported as its mean over the chunk's rounds.
+LAST_VALUE_METRICS = frozenset({"epochs"})
+
+
+def reduce_chunk(metrics):
+    """One value per metric from a chunk's per-round metrics (leading axis: rounds).
+
+    ``metrics`` is a NamedTuple (or a dict) of per-round arrays, as stacked by
+    ``lax.scan`` over a step's metrics. Fields named in
+    :data:`LAST_VALUE_METRICS` (cumulative counters) become their value after
+    the last round, every other field its mean over the rounds. Used by
+    :func:`compiled_run` for every algorithm, so an algorithm's ``step``
+    reports cumulative metrics as plain running totals.
+    """
+
+    def reduce(name, values):
+        if name in LAST_VALUE_METRICS:
+            return jax.tree_util.tree_map(lambda v: v[-1], values)
+        return jax.tree_util.tree_map(jnp.mean, values)
+
+    if isinstance(metrics, dict):
+        return {name: reduce(name, values) for name, values in metrics.items()}
+    if hasattr(metrics, "_fields"):
+        return type(metrics)(*(reduce(name, getattr(metrics, name)) for name in metrics._fields))
+    return jax.tree_util.tree_map(jnp.mean, metrics)
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -462,8 +494,10 @@ class RunResult:
 def compiled_run(config: Config, dataset: datasets.Dataset, problem: Problem | None = None):
     """The jitted chunk and evaluation functions, vmapped over seeds.
 
-    Returns ``(init, chunk, evaluate)``: ``chunk(states)`` runs
-    ``config.eval_every`` rounds of every seed as one ``lax.scan``.
+    Returns ``(init, chunk, evaluate, simulation)``: ``chunk(states)`` runs
+    ``config.eval_every`` rounds of every seed as one ``lax.scan`` and
+    returns the new states and the chunk's metrics (:func:`reduce_chunk`:
+    per-round means, cumulative metrics at the chunk's last round).
     """
     sim = build(config, dataset, problem)
 
@@ -471,7 +505,7 @@ def compiled_run(config: Config, dataset: datasets.Dataset, problem: Problem | N
         state, metrics = jax.lax.scan(
             lambda s, _: sim.step(s), state, None, length=config.eval_every
         )
-        return state, jax.tree_util.tree_map(jnp.mean, metrics)
+        return state, reduce_chunk(metrics)
 
     init = jax.jit(jax.vmap(sim.init))
     return init, jax.jit(jax.vmap(chunk)), jax.jit(jax.vmap(sim.evaluate)), sim

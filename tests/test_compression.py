@@ -314,3 +314,69 @@ def test_registry_and_errors(rng):
         C.rand_k(1).compress(jax.random.key(0), {})
     with pytest.raises(ValueError, match="d=0"):
         C.rand_k(1).compress(jax.random.key(0), {"e": np.zeros((0,), np.float32)})
+
+
+# --------------------------------------------------------------------------
+# contractive: C / (1 + omega) of an unbiased compressor
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compressor", UNBIASED, ids=lambda c: f"{c.name}{c.params}")
+def test_contractive_scales_by_one_over_one_plus_omega_and_contracts(compressor, rng):
+    """``E||C'(x) - x||^2 <= (1 - 1/(1 + omega)) ||x||^2``, same bits, same randomness."""
+    contracted = C.contractive(compressor)
+    omega = compressor.omega(D)
+    assert not contracted.unbiased and contracted.name == compressor.name
+    assert contracted.params == (*compressor.params, ("contractive", True))
+    assert contracted.omega(D) == pytest.approx(omega / (1.0 + omega))
+    assert contracted.omega(D) == pytest.approx(1.0 - 1.0 / (1.0 + omega))
+    tree = one_tree(rng)
+    x = flat_one(tree)
+    s, bits = samples(contracted, tree)
+    original, original_bits = samples(compressor, tree)
+    # The same keys give the same draw, scaled: C'(x) = C(x) / (1 + omega), bits unchanged.
+    np.testing.assert_allclose(s, original / (1.0 + omega), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(bits, original_bits)
+    err = np.sum((s - x) ** 2, axis=1)
+    sq = float(x @ x)
+    assert err.mean() <= contracted.omega(D) * sq + 5 * err.std() / math.sqrt(SAMPLES) + 1e-5
+    if omega == 0.0:  # identity: unchanged
+        np.testing.assert_array_equal(s, np.broadcast_to(x, s.shape))
+
+
+def test_contractive_rand_k_is_unscaled_rand_k_and_attains_the_bound(rng):
+    """RandK / (d/K) keeps K coordinates exactly: ||C'(x) - x||^2 = (1 - K/d) ||x||^2 on average."""
+    k = 4
+    contracted = C.contractive(C.rand_k(k))
+    assert contracted.omega(D) == pytest.approx(1.0 - k / D)
+    tree = one_tree(rng)
+    x = flat_one(tree)
+    s, _ = samples(contracted, tree)
+    kept = s != 0
+    assert (kept.sum(1) == k).all()
+    # unscaled (up to float32 rounding of (d/K) * (K/d))
+    np.testing.assert_allclose(s[kept], np.broadcast_to(x, s.shape)[kept], rtol=1e-6)
+    err = np.sum((s - x) ** 2, axis=1)
+    # Each draw drops D - k coordinates: err is the dropped part of ||x||^2 exactly.
+    np.testing.assert_allclose(err, np.sum(np.where(kept, 0.0, x**2), axis=1), rtol=1e-5)
+    expected = (1.0 - k / D) * (x @ x)
+    assert abs(err.mean() - expected) <= 5 * err.std() / math.sqrt(SAMPLES)
+
+
+def test_contractive_natural_compression_attains_the_bound(rng):
+    # omega = 1/8 is attained at |x_i| = (4/3) 2^a, so E||C'(x) - x||^2 = (1/9) ||x||^2 there.
+    signs = np.where(rng.random(D) < 0.5, -1.0, 1.0)
+    tree = {"v": (signs * (4 / 3) * 2.0 ** rng.integers(-6, 6, D)).astype(np.float32)}
+    x = flat_one(tree)
+    contracted = C.contractive(C.natural_compression())
+    assert contracted.omega(D) == pytest.approx(1 / 9)
+    s, _ = samples(contracted, tree)
+    err = np.sum((s - x) ** 2, axis=1)
+    assert abs(err.mean() - (x @ x) / 9) <= 5 * err.std() / math.sqrt(SAMPLES)
+
+
+def test_contractive_refuses_biased_compressors():
+    with pytest.raises(ValueError, match="unbiased"):
+        C.contractive(C.top_k(3))
+    with pytest.raises(ValueError, match="unbiased"):
+        C.contractive(C.contractive(C.rand_k(3)))

@@ -230,7 +230,7 @@ def test_vmapped_seeds_equal_separate_runs_batch_one_and_label_flip():
     for row in last:
         assert np.isfinite(row["train_loss"]) and np.isfinite(row["test_accuracy"])
         assert row["bits_sent"] == h * 1 * (32 + 5)  # d = 26: index of 5 bits
-        # the CSV's epochs are exact at the evaluation step (chunk-mean shift)
+        # the CSV's epochs are exact at the evaluation step (last value of the chunk)
         assert row["epochs"] == pytest.approx(config.steps * 1 * h / m)
 
 
@@ -331,5 +331,36 @@ def test_ef21_uses_randk_unscaled_and_it_contracts():
         state, _ = step(state)
     last = np.linalg.norm(flat(state.worker_g) - flat(state.momentum), axis=1)
     assert (last < 0.5 * first).all()
-    compressor = ef21.contractive(compression.rand_k(k))
+    compressor = compression.contractive(compression.rand_k(k))
     assert not compressor.unbiased and compressor.omega(26) == pytest.approx(1 - k / 26)
+
+
+@pytest.mark.parametrize("algorithm", ["byz_ef21_sgdm", "br_csgd"])
+def test_epochs_and_bits_at_every_evaluation_are_exact(algorithm):
+    """Epochs (cumulative: the chunk's last value) and bits (per round: the chunk mean)."""
+    config = Config(
+        **{
+            **BASE,
+            "num_byzantine": 2,
+            "attack": "sign_flip",
+            "defence": ("nnm", "median"),
+            "compressor": "rand_k",
+            "compressor_options": {"k": 2},
+            "heterogeneity": "dirichlet",
+            "alpha": 0.5,
+            "steps": 15,
+            "eval_every": 5,
+        },
+        algorithm=algorithm,
+        seeds=2,
+    )
+    result = simulator.simulate(config, DATA)
+    h, batch = config.num_honest, config.batch_size
+    _, sizes = simulator.worker_tables(config, DATA.y_train, [0, 1])
+    d = 26  # 12 features, two logits
+    for row in result.rows:
+        examples = int(sizes[row["seed"]].sum())
+        # every round, each honest worker computes one batch gradient (init: not counted)
+        assert row["epochs"] == pytest.approx(row["step"] * batch * h / examples, rel=1e-6)
+        assert row["bits_sent"] == h * 2 * (32 + (d - 1).bit_length())
+    assert sorted({r["step"] for r in result.rows}) == [5, 10, 15]

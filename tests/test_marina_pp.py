@@ -319,7 +319,7 @@ def test_simulate_seeds_and_clipping_against_shift_back(data):
                 rtol=1e-4,
                 atol=1e-6,
             )
-            # The chunk mean of the reported epochs is the cumulative value at the evaluation.
+            # The reported epochs are the cumulative value at the evaluation (last value).
             row = [r for r in together.rows if r["seed"] == seed and r["step"] == config.steps]
             assert row[0]["epochs"] == pytest.approx(float(state.epochs), rel=1e-5)
     for seed in range(2):
@@ -332,3 +332,50 @@ def test_bad_options_are_clear_errors(data):
         simulator.build(Config(**BASE, algorithm_options={"q": 1}), data)
     with pytest.raises(ValueError, match="weight decay"):
         simulator.build(Config(**BASE, weight_decay=0.1), data)
+
+
+def test_epochs_at_every_evaluation_are_the_exact_cumulative_values(data):
+    """The reported epochs are the running total after the evaluation's round.
+
+    A fixed sample (3 good clients in a full round of 6, 2 good in a
+    difference round of 4), so a round's increment only depends on its kind;
+    the number of full rounds of each chunk is ``eval_every`` times the
+    chunk's mean of ``full_round``.
+    """
+    config = Config(
+        **{**BASE, "defence": ("median",)},
+        attack="sign_flip",
+        clients_per_round=4,
+        heterogeneity="dirichlet",
+        alpha=0.5,
+        steps=21,
+        eval_every=7,
+        seeds=2,
+        algorithm_options={
+            "p": 0.4,
+            "clients_full": 6,
+            "binary": True,
+            "f_star": None,
+            "sampler": forced([0, 15, 1, 16, 2, 17]),
+        },
+    )
+    init, chunk, _, _ = simulator.compiled_run(config, data)
+    seeds = [0, 1]
+    states = simulator.initial_states(config, data, init, seeds)
+    _, sizes = simulator.worker_tables(config, data.y_train, seeds)
+    sizes = sizes.astype(np.float64)
+    total = sizes.sum(1)
+    full_inc = sizes[:, :3].sum(1) / total  # good clients 0, 1, 2: full local gradients
+    diff_inc = 2 * 2 * config.batch_size / total  # good clients 0, 1: two batch gradients
+    expected = np.ones(2)  # the initial full gradient of every good client
+    kinds = set()
+    for _ in range(config.steps // config.eval_every):
+        states, metrics = chunk(states)
+        full = np.asarray(metrics.full_round, np.float64) * config.eval_every
+        np.testing.assert_allclose(full, np.round(full), atol=1e-4)
+        full = np.round(full)
+        kinds.update(full.tolist())
+        expected = expected + full * full_inc + (config.eval_every - full) * diff_inc
+        np.testing.assert_allclose(np.asarray(metrics.epochs), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(states.epochs), expected, rtol=1e-6)
+    assert len(kinds) > 1  # chunks with different numbers of full rounds

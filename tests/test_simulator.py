@@ -1,8 +1,10 @@
 import csv
 import os
 import re
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -296,3 +298,54 @@ def test_clipping_heuristic_resists_shift_back_under_partial_participation(digit
     with_clipping = simulator.simulate(base.replace(clipping_heuristic=1.0), digits).final().mean()
     # Measured here: seeds (0.11, 0.83) without, (0.89, 0.83) with: seed 0 is shifted back.
     assert with_clipping > without + 0.2
+
+
+def test_make_defence_uses_the_given_f():
+    # n = 7: trimmed mean needs n > 2f, so f = 3 is the largest it takes.
+    config = Config(**{**SMALL, "num_honest": 3, "num_byzantine": 4}, defence=("trimmed_mean",))
+    assert config.defence_f == 4
+    with pytest.raises(ValueError, match=r"n > 2f.*n=7, f=4"):
+        simulator.make_defence(config)
+    vectors = {"w": np.array([[0.0], [0.0], [0.0], [0.0], [10.0], [20.0], [100.0]], np.float32)}
+
+    def aggregate(defence):
+        return float(defence.update(vectors, defence.init({"w": np.zeros(1)}))[0]["w"][0])
+
+    # The given f, not config.defence_f: trim 2 (mean of 0, 0, 10) or 1 (of 0, 0, 0, 10, 20).
+    assert aggregate(simulator.make_defence(config, f=2)) == pytest.approx(10 / 3)
+    assert aggregate(simulator.make_defence(config, 7, f=1)) == pytest.approx(6.0)
+    accepted = config.replace(declared_f=1)
+    assert aggregate(simulator.make_defence(accepted)) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match=r"n > 2f.*n=7, f=4"):
+        simulator.make_defence(accepted, f=4)
+    with pytest.raises(ValueError, match=r"n > 2f.*n=5, f=3"):
+        simulator.make_defence(accepted, 5, f=3)
+    # f counts after bucketing too: 7 vectors in buckets of 2 leave 4, so f = 2 is refused.
+    bucketed = accepted.replace(defence=("bucketing", "median"), bucket_size=2)
+    simulator.make_defence(bucketed, f=1)
+    with pytest.raises(ValueError, match=r"median needs n > 2f.*n=4, f=2"):
+        simulator.make_defence(bucketed, f=2)
+
+
+def test_reduce_chunk_means_per_round_metrics_and_keeps_the_last_cumulative_value():
+    assert "epochs" in simulator.LAST_VALUE_METRICS
+    assert "bits_sent" not in simulator.LAST_VALUE_METRICS  # per round in every algorithm
+    rounds = jnp.arange(1.0, 5.0)  # 4 rounds
+
+    class Metrics(NamedTuple):
+        train_loss: jax.Array
+        bits_sent: jax.Array
+        epochs: jax.Array
+
+    reduced = simulator.reduce_chunk(Metrics(rounds, 10 * rounds, 0.25 * rounds))
+    assert isinstance(reduced, Metrics)
+    assert float(reduced.train_loss) == 2.5 and float(reduced.bits_sent) == 25.0
+    assert float(reduced.epochs) == 1.0  # after the 4th round, not the mean 0.625
+    as_dict = simulator.reduce_chunk({"epochs": 0.25 * rounds, "aggregate_norm": rounds})
+    assert as_dict == {"epochs": 1.0, "aggregate_norm": 2.5}
+    # Under vmap over runs (as in compiled_run), per run.
+    per_run = jax.vmap(simulator.reduce_chunk)(
+        Metrics(*(jnp.stack([v, 2 * v]) for v in (rounds, rounds, rounds)))
+    )
+    np.testing.assert_array_equal(per_run.epochs, [4.0, 8.0])
+    np.testing.assert_array_equal(per_run.train_loss, [2.5, 5.0])

@@ -52,7 +52,8 @@ compressor (``E||C(x) - x||^2 <= (1 - alpha) ||x||^2``, ``alpha > 0``), such as
 TopK. An unbiased compressor of variance ``omega`` (RandK scaled by ``d/K``:
 ``omega = d/K - 1``) is not one, and EF21 with it diverges (measured on a9a
 with Rand-1: training losses of 1e18). So the EF21 variants use
-``C / (1 + omega)`` for unbiased compressors (the standard reduction; for RandK
+``C / (1 + omega)`` for unbiased compressors
+(:func:`jaxrobust.compression.contractive`, the standard reduction; for RandK
 it is unscaled RandK), unless ``algorithm_options: {rescale_unbiased: false}``.
 BR-CSGD uses the compressor as is (it wants an unbiased one).
 
@@ -74,11 +75,11 @@ that were aggregated), ``mean_honest_norm``, ``bits_sent`` (the compressor's
 bits summed over the honest workers, per round) and ``epochs`` (honest
 gradient computations so far divided by the number of examples the honest
 workers hold: ``t * batch_size * h / sum(sizes)`` after ``t`` rounds, the
-initial gradient not counted). The simulator reports the *mean* of every
-metric over the ``eval_every`` rounds of a chunk; so that the epochs column
-of a run's CSV is the exact value at the evaluation step, the per-round value
-is shifted by ``(eval_every - 1) / 2`` rounds (a linear quantity's chunk mean
-is its value at the chunk's middle). Read ``epochs_at`` for the unshifted value.
+initial gradient not counted; :func:`epochs_at`). The simulator reports the
+mean of every metric over the ``eval_every`` rounds of a chunk, except the
+cumulative ones (``epochs``, ``simulator.LAST_VALUE_METRICS``), which are
+their value after the chunk's last round: the exact value at the evaluation
+step.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ import optax
 
 from jaxrobust import attacks, compression, kernels, simulator
 from jaxrobust.algorithms import register
+from jaxrobust.compression import contractive
 from jaxrobust.config import Config
 from jaxrobust.data import datasets
 from jaxrobust.data.partition import sample_batches
@@ -164,30 +166,6 @@ def full_loss(loss_fn, params: PyTree, x: jax.Array, y: jax.Array, chunk: int = 
     return total / size
 
 
-def contractive(compressor: compression.Compressor) -> compression.Compressor:
-    """``C / (1 + omega)``: an unbiased compressor made contractive, for EF21.
-
-    ``E||C(x) / (1 + omega) - x||^2 <= (1 - 1 / (1 + omega)) ||x||^2``; RandK
-    becomes unscaled RandK (keep ``K`` random coordinates as they are). Same bits.
-    """
-
-    def compress(key, vector):
-        d = sum(leaf.size for leaf in jax.tree_util.tree_leaves(vector))
-        scale = 1.0 / (1.0 + compressor.omega(d))
-        out, bits = compressor.compress(key, vector)
-        if scale == 1.0:
-            return out, bits
-        return jax.tree_util.tree_map(lambda v: (v * scale).astype(v.dtype), out), bits
-
-    return compression.Compressor(
-        compressor.name,
-        compress,
-        unbiased=False,
-        omega=lambda d: 1.0 - 1.0 / (1.0 + compressor.omega(d)),
-        params=(*compressor.params, ("contractive", True)),
-    )
-
-
 def epochs_at(rounds, batch_size: int, sizes) -> jax.Array:
     """Honest gradient computations after ``rounds`` rounds over the honest workers' examples."""
     h = sizes.shape[-1]
@@ -246,7 +224,6 @@ def _build(
         return out
 
     per_worker_grad = jax.vmap(jax.value_and_grad(problem.loss), in_axes=(None, 0))
-    shift = (config.eval_every - 1) / 2.0
 
     def batch(key, indices, sizes):
         idx = sample_batches(key, indices, sizes, config.batch_size)
@@ -355,7 +332,7 @@ def _build(
             distance_to_honest_mean=optax.tree_utils.tree_norm(diff),
             mean_honest_norm=jnp.mean(kernels.worker_norms(honest)),
             bits_sent=jnp.sum(bits),
-            epochs=epochs_at(rounds + shift, config.batch_size, state.sizes),
+            epochs=epochs_at(rounds, config.batch_size, state.sizes),
         )
         new_state = EF21State(
             state.hyper,

@@ -111,10 +111,10 @@ counted; the chunk's mean is the mean per round), ``epochs`` (good clients'
 example-gradient evaluations, ``m_i`` for a full local gradient and ``2 b``
 for a difference, divided by the good clients' total number of examples: the
 average number of passes of a good client over its data; ``h m`` with
-``shared_data``). ``epochs`` is cumulative and random, so each round reports
-``base + eval_every * increment`` with ``base`` the value at the chunk's
-start: the chunk mean the simulator writes is then exactly the cumulative
-value at the evaluation step (``state.epochs`` holds the plain value).
+``shared_data``; the initial gradient counts as one). ``epochs`` is
+cumulative: each round reports the running total (``state.epochs``), and the
+simulator writes its value after the chunk's last round
+(``simulator.LAST_VALUE_METRICS``), the exact value at the evaluation step.
 
 ``evaluate(params)`` adds ``suboptimality = f(x) - f*`` on the full training
 set. With ``x*`` known it is the mean over examples of
@@ -189,7 +189,6 @@ class MarinaPPState(NamedTuple):
     attack: Any
     rounds: jax.Array  # int32, rounds done
     epochs: jax.Array  # float32, cumulative epochs
-    epochs_base: jax.Array  # float32, epochs at the start of the current chunk
     key: jax.Array
 
 
@@ -301,12 +300,17 @@ def default_p(config: Config, local_size: float, d: int, compressor) -> float:
 
 
 def defence_for(config: Config, size: int) -> tuple[optax.GradientTransformation, int]:
-    """The config's defence chain for ``size`` inputs, with the largest valid ``f``."""
+    """The config's defence chain for ``size`` inputs, with the largest valid ``f``.
+
+    ``f`` is the largest value ``<= min(config.defence_f, size)`` whose chain
+    :func:`jaxrobust.simulator.make_defence` accepts for ``(size, f)``: the
+    rules' bounds (``n > 2f``, ``n > 2f + 2``, Bucketing's reduction of
+    ``n``, MDA's subset limit, ...) are checked where they are defined.
+    """
     last = None
     for f in range(min(config.defence_f, size), -1, -1):
-        sub = config.replace(num_honest=size, num_byzantine=0, declared_f=f)
         try:
-            return simulator.make_defence(sub), f
+            return simulator.make_defence(config, size, f=f), f
         except ValueError as err:
             last = err
     raise ValueError(f"defence {list(config.defence)} cannot take {size} inputs: {last}")
@@ -636,7 +640,6 @@ def build(
             attack.init(params),
             jnp.zeros((), jnp.int32),
             epochs0,
-            epochs0,
             key,
         )
 
@@ -749,8 +752,6 @@ def build(
             fired,
         ) = _cond(full, full_round, difference_round)
 
-        position = state.rounds % config.eval_every
-        base = jnp.where(position == 0, state.epochs, state.epochs_base)
         epochs = state.epochs + epochs_inc
         metrics = MarinaPPMetrics(
             train_loss=train_loss,
@@ -758,7 +759,7 @@ def build(
             distance_to_honest_mean=distance,
             mean_honest_norm=mean_honest_norm,
             bits_sent=bits,
-            epochs=base + config.eval_every * epochs_inc,
+            epochs=epochs,
             full_round=full.astype(jnp.float32),
             attacked=fired.astype(jnp.float32),
         )
@@ -774,7 +775,6 @@ def build(
             attack_state,
             state.rounds + 1,
             epochs,
-            base,
             key,
         )
         return new_state, metrics
