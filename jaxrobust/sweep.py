@@ -3,9 +3,11 @@
 A sweep file is a YAML mapping of config fields (the base) plus ``grid:``, a
 mapping from field names to lists of values; the runs are the Cartesian
 product, each with ``seeds`` seeds. Runs whose programs have the same
-structure (everything but the per-run numbers of :data:`VMAPPED`) form a
-group, compiled once; a group's runs and seeds execute together as one
-``vmap``-ed program, in batches of at most ``max_batch``. Rows stream to
+structure (everything but the fields of :data:`VMAPPED`: per-run numbers and
+the data partition) form a group, compiled once; a group's runs and seeds
+execute together as one ``vmap``-ed program, in batches of at most
+``max_batch``, their partition tables padded to the group's widest so that
+every batch has the same shapes. Rows stream to
 ``runs.csv`` as batches finish; a sweep started again with the same command
 skips the runs already complete and drops any partial rows of the others.
 
@@ -44,6 +46,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import yaml
 from jax.sharding import Mesh
 
@@ -51,8 +54,22 @@ from jaxrobust import distributed, simulator
 from jaxrobust.config import Config, coerce
 from jaxrobust.data import datasets
 
-#: Config fields that may differ between runs of one program (state values).
-VMAPPED = ("seed", "seeds", "lr", "momentum", "weight_decay", "alpha", "gamma", "shards_per_worker")
+#: Config fields that may differ between runs of one program: numbers in the run
+#: state, and the partition of the data over the workers (the ``heterogeneity``
+#: scheme and its parameters), which enters the program as each run's padded
+#: index table (:func:`jaxrobust.simulator.run_tables`); nothing built from a
+#: config (:func:`jaxrobust.simulator.build`, :mod:`jaxrobust.algorithms`) reads them.
+VMAPPED = (
+    "seed",
+    "seeds",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "heterogeneity",
+    "alpha",
+    "gamma",
+    "shards_per_worker",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,18 +150,38 @@ def groups(units: Sequence[Unit]) -> list[list[Unit]]:
 # --------------------------------------------------------------------------
 
 
+def table_width(units: Sequence[Unit], labels) -> int:
+    """Columns of the widest partition table of ``units`` (its largest worker's examples)."""
+    return max(
+        int(simulator.run_tables([(u.config, u.config.seed)], labels)[0].shape[-1]) for u in units
+    )
+
+
 def batch_states(
-    units: Sequence[Unit], dataset: datasets.Dataset, init, mesh: Mesh | None = None
+    units: Sequence[Unit],
+    dataset: datasets.Dataset,
+    init,
+    mesh: Mesh | None = None,
+    width: int | None = None,
 ) -> simulator.RunState:
     """Start states of several units: each its own seed, partition and hyperparameters.
 
     With ``mesh`` (:func:`jaxrobust.distributed.runs_mesh`), the states are
     built on and placed over its devices, the run axis split over them: the
     number of units must then be a multiple of the device count.
+
+    ``width``: pad the partition tables to at least this many columns (each
+    row cycling through its worker's own examples, as
+    :func:`jaxrobust.simulator.run_tables` pads), so that batches of one group
+    share their shapes and compiled program. Workers sample only their first
+    ``sizes`` entries, so the padding changes no result.
     """
     indices, sizes = simulator.run_tables(
         [(u.config, u.config.seed) for u in units], dataset.y_train
     )
+    if width is not None and width > indices.shape[-1]:
+        columns = np.arange(width)[None, None] % sizes[..., None]
+        indices = np.take_along_axis(indices, columns, axis=-1)
     hyper = jax.tree_util.tree_map(
         lambda *v: jnp.stack(v), *[simulator.hyper_of(u.config) for u in units]
     )
@@ -178,6 +215,7 @@ def iterate_batch(
     compiled,
     *,
     mesh: Mesh | None | str = "auto",
+    width: int | None = None,
 ) -> Iterator[tuple[int, list[dict[str, Any]], simulator.RunState]]:
     """Run units together, yielding ``(step, rows, states)`` at every evaluation.
 
@@ -185,7 +223,8 @@ def iterate_batch(
     than one (:func:`default_mesh`); ``None`` keeps them on the default
     device. When sharded, the batch is padded with copies of its last unit to
     a multiple of the device count; ``states`` include the padded runs, the
-    rows do not.
+    rows do not. ``width``: the partition tables' columns (see
+    :func:`batch_states`).
     """
     init, chunk, evaluate, _ = compiled
     mesh = resolve_mesh(mesh)
@@ -194,7 +233,7 @@ def iterate_batch(
     if mesh is not None:
         runs = distributed.pad_to_multiple(runs, mesh.devices.size)
         chunk, evaluate = distributed.over_runs(chunk, mesh), distributed.over_runs(evaluate, mesh)
-    states = batch_states(runs, dataset, init, mesh)
+    states = batch_states(runs, dataset, init, mesh, width)
     for done in range(config.eval_every, config.steps + 1, config.eval_every):
         states, metrics = chunk(states)
         measured = simulator.measurements(metrics, evaluate(states.params))[: len(units)]
@@ -211,16 +250,26 @@ def run_batch(
     compiled,
     *,
     mesh: Mesh | None | str = "auto",
+    width: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run units together; one row per unit and evaluation (see :func:`iterate_batch`)."""
-    batches = iterate_batch(units, dataset, compiled, mesh=mesh)
+    batches = iterate_batch(units, dataset, compiled, mesh=mesh, width=width)
     return [row for _, rows, _ in batches for row in rows]
 
 
-def memory_per_unit(compiled, units: Sequence[Unit], dataset: datasets.Dataset) -> int:
-    """Bytes one unit needs in its chunk program, from XLA's memory analysis."""
+def memory_per_unit(
+    compiled, units: Sequence[Unit], dataset: datasets.Dataset, width: int | None = None
+) -> int:
+    """Bytes one unit needs in its chunk program, from XLA's memory analysis.
+
+    Measured on the first unit with its partition table padded to ``width``
+    columns (default: the widest of ``units``, :func:`table_width`), the
+    shape every batch of the group runs with.
+    """
     init, chunk, _, _ = compiled
-    states = batch_states(units[:1], dataset, init)
+    if width is None:
+        width = table_width(units, dataset.y_train)
+    states = batch_states(units[:1], dataset, init, width=width)
     analysis = chunk.lower(states).compile().memory_analysis()
     if analysis is None:
         return 0
@@ -382,14 +431,17 @@ def run_sweep(
                 loaded[data_key] = simulator.load_for(config)
             data = loaded[data_key]
         compiled = simulator.compiled_run(config, data)
+        width = table_width(group, data.y_train)  # every batch of the group: one shape
         size = max_batch
         if size is None:
-            size = choose_batch(memory_per_unit(compiled, group, data), device_memory(), None)
+            per_unit = memory_per_unit(compiled, group, data, width)
+            size = choose_batch(per_unit, device_memory(), None)
             if mesh is not None:
                 size = batch_over_devices(size, mesh.devices.size)
         for lo in range(0, len(group), size):
             batch = group[lo : lo + size]  # a smaller last batch compiles once more
-            append_rows(path, header, run_batch(batch, data, compiled, mesh=mesh))
+            rows = run_batch(batch, data, compiled, mesh=mesh, width=width)
+            append_rows(path, header, rows)
             finished, ran = finished + len(batch), ran + len(batch)
             if on_batch is not None:
                 on_batch(finished, len(units), ran, time.perf_counter() - start)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -68,6 +69,77 @@ def test_one_program_runs_equal_separate_runs(tmp_path):
         for a, b in zip(mine, alone.rows, strict=True):
             for key in ("test_accuracy", "train_loss", "aggregate_norm"):
                 assert float(a[key]) == pytest.approx(b[key], rel=1e-4, abs=1e-5)
+
+
+class CountingChunk:
+    """A jitted chunk that records its input shapes (one compilation each) and its lowerings."""
+
+    def __init__(self, chunk):
+        self.chunk, self.signatures, self.lowered = chunk, set(), []
+
+    def __call__(self, states):
+        self.signatures.add(str(jax.tree_util.tree_map(np.shape, states)))
+        return self.chunk(states)
+
+    def lower(self, states):
+        self.lowered.append(states.indices.shape)
+        return self.chunk.lower(states)
+
+
+def test_heterogeneity_schemes_share_one_program(tmp_path, monkeypatch):
+    spec = sweep.Sweep.from_dict(
+        {
+            **BASE,
+            "attack": "alie",
+            "alpha": 0.3,
+            "seeds": 2,
+            "grid": {"heterogeneity": ["iid", "dirichlet", "extreme"]},
+        }
+    )
+    units = spec.units()
+    assert len(units) == 6 and len(sweep.groups(units)) == 1
+    data = simulator.load_for(units[0].config)
+    widths = [sweep.table_width([u], data.y_train) for u in units]
+    assert len(set(widths)) > 1  # the schemes' tables differ in shape before padding
+    built, measured = [], []
+    compiled_run = simulator.compiled_run
+
+    def counting(config, dataset, problem=None):
+        init, chunk, evaluate, sim = compiled_run(config, dataset, problem)
+        built.append(CountingChunk(chunk))
+        return init, built[-1], evaluate, sim
+
+    def batch_of_three(per_unit, available, max_batch):
+        measured.append(per_unit)
+        return 3
+
+    monkeypatch.setattr(simulator, "compiled_run", counting)
+    monkeypatch.setattr(sweep, "choose_batch", batch_of_three)
+    # two batches of 3 units with different partitions, padded to one shape: one program
+    path = sweep.run_sweep(spec, str(tmp_path), mesh=None)
+    assert len(built) == 1 and len(built[0].signatures) == 1
+    # the memory probe measured one unit with the group's widest table
+    assert built[0].lowered == [(1, BASE["num_honest"], max(widths))] and measured[0] > 0
+    rows = read_rows(path)
+    assert len(rows) == 6 * 2 and "heterogeneity" in rows[0]
+    monkeypatch.setattr(simulator, "compiled_run", compiled_run)
+    for scheme in ("iid", "dirichlet", "extreme"):
+        mine = [u for u in units if u.config.heterogeneity == scheme]
+        alone = simulator.simulate(mine[0].config.replace(seeds=2))
+        ours = [r for u in mine for r in rows if r["run_id"] == u.run_id]
+        assert {r["heterogeneity"] for r in ours} == {scheme}
+        theirs = sorted(alone.rows, key=lambda r: (r["seed"], r["step"]))
+        for a, b in zip(ours, theirs, strict=True):
+            assert (int(a["seed"]), int(a["step"])) == (b["seed"], b["step"])
+            for key in ("test_accuracy", "train_loss", "aggregate_norm"):
+                assert float(a[key]) == pytest.approx(b[key], rel=1e-4, abs=1e-5)
+    # the schemes really differ, and a second call finds every run complete
+    finals = {r["heterogeneity"]: float(r["train_loss"]) for r in rows if r["step"] == "20"}
+    assert len(set(finals.values())) == 3
+    built.clear()
+    monkeypatch.setattr(simulator, "compiled_run", counting)
+    assert read_rows(sweep.run_sweep(spec, str(tmp_path), mesh=None)) == rows
+    assert built == []
 
 
 def test_memory_is_checked():
