@@ -363,6 +363,11 @@ def _aggregator_aware(name: str, vector: Callable[[PyTree, PyTree, Array], PyTre
     def fn(inp: AttackInput):
         if inp.defence is None:
             raise ValueError(f"{name} needs the defence in use")
+        if jax.default_backend() == "cpu":
+            # XLA:CPU runs the defence's small batched dots several times slower
+            # than one after another (measured: 2.4x for the whole attack over 8
+            # runs of the ARC MNIST setting); accelerators keep the batch.
+            inp = inp._replace(defence=jax.custom_batching.sequential_vmap(inp.defence))
         mu = honest_mean(inp.honest)
         aux = honest_std(inp.honest, mu) if name == "alie_aware" else mu
         coarse = jax.vmap(lambda t: damage(inp, mu, aux, t))(grid)
@@ -454,3 +459,28 @@ def make_attack(name: str, **kwargs) -> Attack:
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}")
     return ATTACKS[name](**kwargs)
+
+
+def options_for(name: str, options: dict) -> dict:
+    """The keyword arguments of attack ``name`` in a config's ``attack_options``.
+
+    ``attack_options`` is either the arguments of the one attack
+    (``{points: 8}``) or, for sweeps over several attacks, a mapping from
+    attack names to their arguments (``{alie_aware: {points: 8}, ipm_aware:
+    {points: 8}}``); attacks not named there get their defaults.
+    """
+    per_attack = [k for k, v in options.items() if k in ATTACKS and isinstance(v, dict)]
+    if not per_attack:
+        return dict(options)
+    if len(per_attack) != len(options):
+        raise ValueError(
+            "attack_options mixes per-attack entries "
+            f"({', '.join(per_attack)}) with plain arguments "
+            f"({', '.join(k for k in options if k not in per_attack)}); use one form"
+        )
+    return dict(options.get(name, {}))
+
+
+def attack_of(config) -> Attack:
+    """The attack of a :class:`~jaxrobust.config.Config` (``attack`` and ``attack_options``)."""
+    return make_attack(config.attack, **options_for(config.attack, config.attack_options))

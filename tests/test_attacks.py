@@ -155,3 +155,19 @@ def test_no_attack_copies_honest_rows(honest):
     out = apply(attacks.make_attack("none"), honest)
     np.testing.assert_array_equal(out, flat(honest)[:B])
     assert flat_one(jax.tree_util.tree_map(lambda v: v[0], honest)).shape == (17,)
+
+
+def test_attack_options_per_attack_for_sweeps():
+    from jaxrobust.config import Config
+
+    per_attack = {"alie_aware": {"points": 4}, "ipm_aware": {"max_epsilon": 2.0}}
+    assert attacks.options_for("alie_aware", per_attack) == {"points": 4}
+    assert attacks.options_for("sign_flip", per_attack) == {}
+    assert attacks.options_for("alie", {"z": 1.5}) == {"z": 1.5}
+    with pytest.raises(ValueError, match="mixes per-attack entries"):
+        attacks.options_for("alie_aware", {"alie_aware": {"points": 4}, "z": 1.0})
+    config = Config(attack="alie", attack_options={"alie": {"z": 0.25}, "sign_flip": {}})
+    honest = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    got = attacks.attack_of(config).apply(attacks.AttackInput(honest, 2, jax.random.key(0)), ())[0]
+    mu, sigma = honest.mean(0), honest.std(0, ddof=1)  # ALIE's h - 1 convention
+    np.testing.assert_allclose(got, np.stack([mu - 0.25 * sigma] * 2), rtol=1e-5, atol=1e-6)

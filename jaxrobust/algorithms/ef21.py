@@ -210,7 +210,7 @@ def _build(
     defence = simulator.make_defence(config)
     server = simulator.make_server_optimiser(config)
     schedule = simulator.lr_factor(config)
-    attack = attacks.make_attack(config.attack, **config.attack_options)
+    attack = attacks.attack_of(config)
     shadow = b > 0 and attack.needs_flipped_labels
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     num_classes = dataset.num_classes

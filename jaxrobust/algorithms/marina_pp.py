@@ -413,13 +413,13 @@ def build(
 
     shift_back = config.attack == SHIFT_BACK
     if shift_back:
-        sb_options = dict(config.attack_options)
+        sb_options = attacks.options_for(config.attack, config.attack_options)
         threshold = float(sb_options.pop("threshold", 0.5))
         if sb_options:
             raise ValueError(f"unknown shift_back options {sorted(sb_options)}; valid: threshold")
         attack = attacks.make_attack("none")
     else:
-        attack = attacks.make_attack(config.attack, **config.attack_options)
+        attack = attacks.attack_of(config)
     flipped_needed = nb > 0 and not shift_back and attack.needs_flipped_labels
 
     # ---------------- suboptimality
