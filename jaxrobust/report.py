@@ -5,13 +5,15 @@ The metric of the ARC paper and of ByzFL's benchmark (ALGORITHMS.md, section
 the **worst case** is the minimum of these over the attacks.
 
 Hyperparameters are chosen the way ByzFL chooses them: for every setting
-(every grid field but the attack, the hyperparameters and the seed), each
-combination of hyperparameter values is scored by its worst case over the
-attacks on the *validation* split, the best-scoring combination is kept
-(the first one on ties) and its *test* numbers are reported. A sweep run
-without a validation split (``validation: 0``, NaN validation columns) falls
-back to selecting on the reported metric itself, which is optimistic; the
-table says so in its notes and in its ``selected_on`` column.
+(every grid field but the attack, the hyperparameters and the seed; the
+fields of a linked grid axis, such as ``heterogeneity`` and ``alpha`` set
+together, are grid fields too), each combination of hyperparameter values
+is scored by its worst case over the attacks on the *validation* split, the
+best-scoring combination is kept (the first one on ties) and its *test*
+numbers are reported. A sweep run without a validation split
+(``validation: 0``, NaN validation columns) falls back to selecting on the
+reported metric itself, which is optimistic; the table says so in its notes
+and in its ``selected_on`` column.
 
 Two orders of "best over the run" and "mean over seeds" exist:
 
@@ -45,6 +47,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from jaxrobust.config import field_types
 from jaxrobust.simulator import METRIC_COLUMNS
 
 #: Grid fields tuned per setting rather than reported as settings.
@@ -426,6 +429,20 @@ def worst_case_table(
 # --------------------------------------------------------------------------
 
 
+def grid_fields(sweep_config: dict[str, Any]) -> list[str]:
+    """The config fields a sweep's grid sets: its plain fields, and every field of
+    its linked axes (entries that are not config fields and hold mappings, see
+    :mod:`jaxrobust.sweep`), the columns ``runs.csv`` has for them."""
+    names = set(field_types())
+    out: list[str] = []
+    for name, options in (sweep_config.get("grid") or {}).items():
+        if name in names or not isinstance(options, list):
+            out.append(name)
+        else:
+            out.extend(k for m in options if isinstance(m, dict) for k in m)
+    return list(dict.fromkeys(out))
+
+
 def _show(value: Any) -> str:
     """A setting or hyperparameter value as written in the sweep (``0.1``, ``10.0``)."""
     return "-" if value is None else str(value)
@@ -508,9 +525,11 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
     lines.append("")
     constants = {f: table.rows[0].setting[f] for f in fixed} if table.rows else {}
     if sweep_config:
-        grid = sweep_config.get("grid") or {}
+        # runs.csv's own columns: plain grid fields and the fields of linked axes
+        columns = {*grid_fields(sweep_config), *table.setting_fields}
+        columns.update(table.hyperparameter_fields)
         for name in CONSTANTS_SHOWN:
-            if name in sweep_config and name not in grid and name not in constants:
+            if name in sweep_config and name not in columns and name not in constants:
                 value = sweep_config[name]
                 constants[name] = " ".join(value) if isinstance(value, list) else value
     if constants:

@@ -2,13 +2,20 @@
 
 A sweep file is a YAML mapping of config fields (the base) plus ``grid:``, a
 mapping from field names to lists of values; the runs are the Cartesian
-product, each with ``seeds`` seeds. Runs whose programs have the same
-structure (everything but the fields of :data:`VMAPPED`: per-run numbers and
-the data partition) form a group, compiled once; a group's runs and seeds
-execute together as one ``vmap``-ed program, in batches of at most
-``max_batch``, their partition tables padded to the group's widest so that
-every batch has the same shapes. Rows stream to
-``runs.csv`` as batches finish; a sweep started again with the same command
+product, each with ``seeds`` seeds. A grid entry whose name is not a config
+field is a *linked axis*: a list of mappings from config fields to values,
+each mapping one value of the axis (fields it leaves out keep the base
+value), for settings that only make sense together, such as a heterogeneity
+scheme and its ``alpha``. Every field of a linked axis is a column of
+``runs.csv`` (with each run's own value), as plain grid fields are; the
+axis's name is not. A field is set by one grid entry only.
+
+Runs whose programs have the same structure (everything but the fields of
+:data:`VMAPPED`: per-run numbers and the data partition) form a group,
+compiled once; a group's runs and seeds execute together as one
+``vmap``-ed program, in batches of at most ``max_batch``, their partition
+tables padded to the group's widest so that every batch has the same
+shapes. Rows stream to ``runs.csv`` as batches finish; a sweep started again with the same command
 skips the runs already complete and drops any partial rows of the others.
 
 With more than one local device (GPUs, or CPU devices from
@@ -29,6 +36,10 @@ Example::
       attack: [sign_flip, alie]
       defence: [[mean], [nnm, trimmed_mean], [arc, nnm, trimmed_mean]]
       lr: [0.05, 0.1]
+      partition:                # a linked axis: 3 values, not 2 x 2
+        - {heterogeneity: dirichlet, alpha: 0.1}
+        - {heterogeneity: dirichlet, alpha: 1.0}
+        - {heterogeneity: extreme}    # alpha: the base value
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ import yaml
 from jax.sharding import Mesh
 
 from jaxrobust import distributed, simulator
-from jaxrobust.config import Config, coerce
+from jaxrobust.config import Config, coerce, field_types
 from jaxrobust.data import datasets
 
 #: Config fields that may differ between runs of one program: numbers in the run
@@ -87,6 +98,13 @@ class Unit:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
+    """A base config and its grid: config field -> values, or linked axis -> mappings.
+
+    A linked axis (a name that is not a config field) holds dicts of config
+    fields, each one value of the axis; :meth:`fields` are the columns the
+    grid adds to ``runs.csv``.
+    """
+
     base: Config
     grid: dict[str, list]
 
@@ -102,29 +120,96 @@ class Sweep:
     def from_dict(cls, values: dict[str, Any]) -> Sweep:
         values = dict(values)
         grid = values.pop("grid", {}) or {}
+        if not isinstance(grid, dict):
+            raise ValueError("'grid' must map config fields (or linked axes) to lists of values")
         base = Config.from_dict(values)
         fields = set(base.to_dict())
+        valid = ", ".join(sorted(fields))
+        out: dict[str, list] = {}
+        owner: dict[str, str] = {}  # grid field -> the axis that sets it
         for name, options in grid.items():
-            if name not in fields:
-                raise ValueError(
-                    f"unknown grid field {name!r}; valid fields: {', '.join(sorted(fields))}"
-                )
-            if not isinstance(options, list) or not options:
-                raise ValueError(f"grid field {name!r} needs a non-empty list of values")
-        return cls(base, {k: [coerce(k, v) for v in vs] for k, vs in grid.items()})
+            if name in fields:
+                if not isinstance(options, list) or not options:
+                    raise ValueError(f"grid field {name!r} needs a non-empty list of values")
+                out[name] = [coerce(name, v) for v in options]
+                axis_fields = [name]
+            else:
+                out[name] = _linked_axis(name, options, fields, valid)
+                axis_fields = list(dict.fromkeys(k for m in out[name] for k in m))
+            for field in axis_fields:
+                if field in owner:
+                    where = [
+                        "its own grid axis" if a == field else f"linked axis {a!r}"
+                        for a in (owner[field], name)
+                    ]
+                    raise ValueError(
+                        f"grid field {field!r} is set twice, by {where[0]} and by {where[1]}; "
+                        "set each field in one grid entry only"
+                    )
+                owner[field] = name
+        return cls(base, out)
+
+    def linked(self, name: str) -> bool:
+        """Whether grid entry ``name`` is a linked axis (a list of field mappings)."""
+        return name not in field_types()
+
+    def fields(self) -> list[str]:
+        """Config fields the grid sets, in grid order: plain axes and every field of a
+        linked axis (in order of first appearance in its mappings)."""
+        out: list[str] = []
+        for name, options in self.grid.items():
+            if self.linked(name):
+                out.extend(dict.fromkeys(k for mapping in options for k in mapping))
+            else:
+                out.append(name)
+        return out
 
     def units(self) -> list[Unit]:
         """Every (grid point, seed), in a fixed order."""
         names = list(self.grid)
+        fields, linked = self.fields(), {k for k in names if self.linked(k)}
         out = []
         for combo in itertools.product(*(self.grid[k] for k in names)):
-            point = dict(zip(names, combo, strict=True))
+            point: dict[str, Any] = {}
+            for name, value in zip(names, combo, strict=True):
+                point.update(value if name in linked else {name: value})
             config = self.base.replace(**point)
             config.validate()
+            cells = {k: _cell(getattr(config, k)) for k in fields}  # base where a link omits k
             for s in range(config.seeds):
                 unit_config = config.replace(seed=config.seed + s, seeds=1)
-                out.append(Unit(unit_config, {k: _cell(v) for k, v in point.items()}))
+                out.append(Unit(unit_config, cells))
         return out
+
+
+def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[dict[str, Any]]:
+    """A linked grid axis's mappings, checked and coerced (see the module docstring)."""
+    expected = (
+        "a linked axis: a non-empty list of mappings from config fields to values, e.g. "
+        f"{name}: [{{heterogeneity: dirichlet, alpha: 0.1}}, {{heterogeneity: extreme}}]"
+    )
+    if not isinstance(options, list) or not all(isinstance(m, dict) for m in options):
+        raise ValueError(
+            f"unknown grid field {name!r}: not a config field (valid fields: {valid}), "
+            f"so it must be {expected}"
+        )
+    if not options:
+        raise ValueError(f"grid entry {name!r} is an empty list; expected {expected}")
+    out = []
+    for index, mapping in enumerate(options):
+        if not mapping:
+            raise ValueError(
+                f"linked grid axis {name!r}: value {index} is an empty mapping; give it at "
+                "least one config field (leave it out to use the base config)"
+            )
+        unknown = [k for k in mapping if k not in fields]
+        if unknown:
+            raise ValueError(
+                f"linked grid axis {name!r}: unknown field(s) {', '.join(map(repr, unknown))} "
+                f"in value {index}; valid fields: {valid}"
+            )
+        out.append({k: coerce(k, v) for k, v in mapping.items()})
+    return out
 
 
 def _cell(value: Any) -> Any:
@@ -321,7 +406,9 @@ def choose_batch(per_unit: int, available: int, max_batch: int | None, fraction=
 
 
 def columns(sweep: Sweep) -> list[str]:
-    return ["run_id", *sweep.grid, "seed", *simulator.METRIC_COLUMNS[1:]]
+    """``runs.csv``'s header: the run id, the grid's fields (:meth:`Sweep.fields`), the
+    seed and the measurements."""
+    return ["run_id", *sweep.fields(), "seed", *simulator.METRIC_COLUMNS[1:]]
 
 
 def completed_runs(path: str, header: list[str], steps: int) -> set[str]:
@@ -449,6 +536,9 @@ def run_sweep(
 
 
 def _plain(value):
+    """A grid value as YAML writes it: tuples as lists, a linked axis's mappings field by field."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -325,3 +325,47 @@ def test_report_on_a_real_tiny_sweep(tmp_path):
     (result,) = report.worst_case_table(report.load_runs(tmp_path)[0]).rows
     assert 0 <= result.worst_case <= 1 and result.worst_attack == "sign_flip"
     assert result.hyperparameters["lr"] in (0.1, 0.5)
+
+
+def test_report_on_a_sweep_with_a_linked_axis(tmp_path):
+    from jaxrobust import sweep
+
+    spec = sweep.Sweep.from_dict(
+        {
+            "dataset": "digits",
+            "model": "logistic_regression",
+            "num_honest": 5,
+            "num_byzantine": 1,
+            "steps": 10,
+            "eval_every": 10,
+            "max_train": 300,
+            "validation": 0.2,
+            "alpha": 0.5,
+            "grid": {
+                "partition": [
+                    {"heterogeneity": "dirichlet", "alpha": 0.1},
+                    {"heterogeneity": "dirichlet", "alpha": 1.0},
+                    {"heterogeneity": "extreme"},
+                ],
+                "attack": ["sign_flip", "alie"],
+                "lr": [0.1, 0.5],
+            },
+        }
+    )
+    sweep.run_sweep(spec, str(tmp_path), max_batch=8)
+    paths = report.make_report(tmp_path)
+    rows, _ = report.load_runs(tmp_path)
+    table = report.worst_case_table(rows)
+    assert table.setting_fields == ["heterogeneity", "alpha"]
+    assert table.hyperparameter_fields == ["lr"] and table.attacks == ["sign_flip", "alie"]
+    assert [(r.setting["heterogeneity"], r.setting["alpha"]) for r in table.rows] == [
+        ("dirichlet", 0.1),
+        ("dirichlet", 1.0),
+        ("extreme", 0.5),  # the base alpha, as the run used it
+    ]
+    text = open(paths[1]).read()
+    assert "| heterogeneity | alpha | sign_flip | alie | worst case | worst attack | lr |" in text
+    assert "| extreme | 0.5 |" in text
+    fixed = next(line for line in text.splitlines() if line.startswith("Fixed:"))
+    assert "heterogeneity=" not in fixed and "alpha=" not in fixed  # not the base values
+    assert is_png(report.plot_heatmap(table, "alpha", "heterogeneity", tmp_path / "h.png"))

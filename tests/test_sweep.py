@@ -48,6 +48,107 @@ def test_bad_grid_is_a_clear_error():
         sweep.Sweep.from_dict({**BASE, "grid": {"lr": 0.1}})
 
 
+PARTITIONS = [
+    {"heterogeneity": "dirichlet", "alpha": 0.1},
+    {"heterogeneity": "dirichlet", "alpha": "1.0"},  # coerced like a plain field
+    {"heterogeneity": "extreme"},
+]
+LINKED = {
+    **BASE,
+    "alpha": 0.5,
+    "grid": {"partition": PARTITIONS, "attack": ["sign_flip", "alie"]},
+}
+
+
+def test_linked_axis_units_and_groups():
+    spec = sweep.Sweep.from_dict({**LINKED, "seeds": 2})
+    assert spec.fields() == ["heterogeneity", "alpha", "attack"]
+    assert sweep.columns(spec)[:5] == ["run_id", "heterogeneity", "alpha", "attack", "seed"]
+    units = spec.units()
+    assert len(units) == 3 * 2 * 2 and len({u.run_id for u in units}) == len(units)
+    points = [
+        (u.config.heterogeneity, u.config.alpha, u.config.attack, u.config.seed) for u in units
+    ]
+    expected = [
+        (h, a, attack, seed)
+        for h, a in (("dirichlet", 0.1), ("dirichlet", 1.0), ("extreme", 0.5))  # base alpha
+        for attack in ("sign_flip", "alie")
+        for seed in (0, 1)
+    ]
+    assert points == expected and all(isinstance(p[1], float) for p in points)
+    assert units[-1].grid_values == {"heterogeneity": "extreme", "alpha": 0.5, "attack": "alie"}
+    # the partition is vmapped: one program per attack
+    assert [len(g) for g in sweep.groups(units)] == [6, 6]
+
+
+def test_linked_axis_errors():
+    def load(grid, **base):
+        return sweep.Sweep.from_dict({**BASE, **base, "grid": grid})
+
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'bogus' in value 1; valid fields:"):
+        load({"partition": [{"alpha": 0.1}, {"bogus": 1, "alpha": 1.0}]})
+    for bad in ([1, 2], [{"alpha": 0.1}, 0.5], "extreme", {"alpha": 0.1}):
+        with pytest.raises(ValueError, match="'partition': not a config field .* linked axis"):
+            load({"partition": bad})
+    with pytest.raises(ValueError, match="'alpha' is set twice, by its own grid axis and by"):
+        load({"alpha": [0.1, 1.0], "partition": [{"alpha": 0.3}]})
+    with pytest.raises(ValueError, match="'alpha' is set twice, by linked axis 'a' and by"):
+        load({"a": [{"alpha": 0.3}], "b": [{"heterogeneity": "iid", "alpha": 1.0}]})
+    with pytest.raises(ValueError, match="'partition' is an empty list"):
+        load({"partition": []})
+    with pytest.raises(ValueError, match="value 1 is an empty mapping"):
+        load({"partition": [{"alpha": 0.1}, {}]})
+    with pytest.raises(ValueError, match="config field alpha needs a float"):
+        load({"partition": [{"alpha": "much"}]})
+
+
+def test_linked_axis_sweep_columns_and_resume(tmp_path, monkeypatch):
+    spec = sweep.Sweep.from_dict(LINKED)
+    units = spec.units()
+    path = sweep.run_sweep(spec, str(tmp_path), mesh=None, max_batch=6)
+    rows = read_rows(path)
+    assert list(rows[0])[:5] == ["run_id", "heterogeneity", "alpha", "attack", "seed"]
+    assert len(rows) == 6 * 2
+    cells = {(r["heterogeneity"], r["alpha"], r["attack"]) for r in rows}
+    assert cells == {
+        (h, a, attack)
+        for h, a in (("dirichlet", "0.1"), ("dirichlet", "1.0"), ("extreme", "0.5"))
+        for attack in ("sign_flip", "alie")
+    }
+    # sweep.yaml keeps the linked axis and loads back into the same runs
+    written = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    assert written["grid"]["partition"][2] == {"heterogeneity": "extreme"}
+    again = sweep.Sweep.from_yaml(str(tmp_path / "sweep.yaml"))
+    assert [u.run_id for u in again.units()] == [u.run_id for u in units]
+    # drop one run entirely and the last step of another (both alie): only those run again
+    lost = {units[1].run_id, units[5].run_id}
+    kept = [r for r in rows if r["run_id"] != units[1].run_id]
+    kept = [r for r in kept if not (r["run_id"] == units[5].run_id and r["step"] == "20")]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    ran = []
+    run_batch = sweep.run_batch
+
+    def recording(batch, *args, **kwargs):
+        ran.extend(u.run_id for u in batch)
+        return run_batch(batch, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_batch", recording)
+    resumed = read_rows(sweep.run_sweep(again, str(tmp_path), mesh=None, max_batch=6))
+    assert set(ran) == lost and len(ran) == 2
+    assert len(resumed) == len(rows)
+    key = lambda r: (r["run_id"], r["step"])  # noqa: E731
+    before = {key(r): r for r in rows}
+    for r in resumed:
+        old = before[key(r)]
+        assert {k: r[k] for k in ("heterogeneity", "alpha", "attack", "seed")} == {
+            k: old[k] for k in ("heterogeneity", "alpha", "attack", "seed")
+        }
+        assert float(r["test_accuracy"]) == pytest.approx(float(old["test_accuracy"]), abs=1e-5)
+
+
 def test_one_program_runs_equal_separate_runs(tmp_path):
     spec = sweep.Sweep.from_dict(
         {
