@@ -210,7 +210,10 @@ def parser() -> argparse.ArgumentParser:
     _add_config_flags(demo)
     demo.set_defaults(func=command_demo)
     sw = sub.add_parser("sweep", help="run a grid of configurations, resumable")
-    sw.add_argument("sweep_file", help="YAML: config fields plus 'grid: {field: [values]}'")
+    sw.add_argument(
+        "sweep_file",
+        help="YAML: config fields plus 'grid: {field: [values], axis: [{field: value, ...}]}'",
+    )
     sw.add_argument("--out", required=True, help="directory for runs.csv (resumes if present)")
     sw.add_argument(
         "--max-batch", type=int, default=None, help="most runs per program (default: by memory)"

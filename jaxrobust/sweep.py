@@ -212,6 +212,27 @@ def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[
     return out
 
 
+def check_defences(units: Sequence[Unit]) -> None:
+    """Build every D-SGD defence of the grid once, so that a rule's bound (``krum needs
+    n > 2f + 2``) fails the sweep before anything runs, not when its group comes up."""
+    seen = set()
+    for unit in units:
+        c = unit.config
+        if c.algorithm != "dsgd":
+            continue
+        received = c.num_workers if c.clients_per_round is None else c.clients_per_round
+        key = (c.defence, received, c.defence_f)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            simulator.make_defence(c, received)
+        except ValueError as exc:
+            raise ValueError(
+                f"grid point {unit.grid_values}: {exc}; take it out of the grid"
+            ) from None
+
+
 def _cell(value: Any) -> Any:
     return " ".join(value) if isinstance(value, tuple) else value
 
@@ -487,6 +508,7 @@ def run_sweep(
     units = sweep.units()
     if len({u.run_id for u in units}) != len(units):
         raise ValueError("the grid holds the same configuration twice")
+    check_defences(units)
     header = columns(sweep)
     with open(os.path.join(out, "sweep.yaml"), "w") as fh:
         yaml.safe_dump(

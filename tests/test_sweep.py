@@ -48,6 +48,16 @@ def test_bad_grid_is_a_clear_error():
         sweep.Sweep.from_dict({**BASE, "grid": {"lr": 0.1}})
 
 
+def test_a_rule_bound_fails_the_sweep_before_anything_runs(tmp_path):
+    # 5 honest: krum needs n > 2f + 2, which f = 3 (n = 8) breaks and f = 1 does not.
+    spec = sweep.Sweep.from_dict(
+        {**BASE, "grid": {"num_byzantine": [1, 3], "defence": [["median"], ["krum"]]}}
+    )
+    with pytest.raises(ValueError, match=r"krum needs n > 2f \+ 2, got n=8, f=3.*take it out"):
+        sweep.run_sweep(spec, str(tmp_path), mesh=None)
+    assert not (tmp_path / "runs.csv").exists()
+
+
 PARTITIONS = [
     {"heterogeneity": "dirichlet", "alpha": 0.1},
     {"heterogeneity": "dirichlet", "alpha": "1.0"},  # coerced like a plain field
