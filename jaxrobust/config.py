@@ -80,6 +80,11 @@ class Config:
     def num_workers(self) -> int:
         return self.num_honest + self.num_byzantine
 
+    @property
+    def received_count(self) -> int:
+        """Vectors the server receives per round: ``clients_per_round``, else every worker."""
+        return self.num_workers if self.clients_per_round is None else self.clients_per_round
+
     def validate(self) -> Config:
         """Raise ``ValueError`` naming the bound for impossible settings."""
         positive = ("num_honest", "steps", "batch_size", "eval_every", "seeds")

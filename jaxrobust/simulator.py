@@ -50,13 +50,13 @@ def make_defence(
 
     ``["arc", "nnm", "trimmed_mean"]`` is ``CWTM o NNM o ARC``: ARC first on
     the received vectors, the aggregator last. Built for ``n`` received
-    vectors (default: all workers; the sampled clients under partial
-    participation) of which the rules assume at most ``f`` Byzantine
+    vectors (default: ``config.received_count``, all workers or the clients
+    sampled per round) of which the rules assume at most ``f`` Byzantine
     (default: ``config.defence_f``). A rule that cannot take ``(n, f)``
     raises a ``ValueError`` naming its bound (e.g. ``n > 2f``).
     """
     f = config.defence_f if f is None else f
-    n = config.num_workers if n is None else n
+    n = config.received_count if n is None else n
     chain, workers = [], n
     names = list(config.defence)
     if not names or names[-1] in PRE:
@@ -214,8 +214,7 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
         return algorithms.build(config, dataset, problem)
     loss_fn, accuracy_fn = problem.loss, problem.accuracy
     n = config.num_workers
-    received_count = n if config.clients_per_round is None else config.clients_per_round
-    defence = make_defence(config, received_count)
+    defence = make_defence(config)
     server = make_server_optimiser(config)
     attack = attacks.attack_of(config)
     heuristic = config.clipping_heuristic
@@ -274,18 +273,16 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
         memory = state.memory
         lr = state.hyper.lr * schedule(state.server.count)
         beta = state.hyper.momentum
-        # Partial participation: the clients of this round, honest ones first in 0..h-1.
-        if config.clients_per_round is None:
-            sampled = jnp.arange(n)
-        else:
-            sampled = jax.random.permutation(sample_key, n)[: config.clients_per_round]
-        # The clients that train this round: every honest worker, or the sampled
+        # Partial participation: the clients of this round, honest ones first in
+        # 0..h-1. The clients that train: every honest worker, or the sampled
         # clients (vmapped over those only). A Byzantine slot trains on a random
         # honest worker's data; only label flipping uses its result.
         if config.clients_per_round is None:
+            sampled = jnp.arange(n)
             workers = rows = jnp.arange(h)
             indices, sizes = state.indices, state.sizes
         else:
+            sampled = jax.random.permutation(sample_key, n)[: config.clients_per_round]
             workers = jnp.where(sampled < h, sampled, sampled % h)
             rows = jnp.where(sampled < h, sampled, h)  # h: dropped by the scatter
             indices, sizes = state.indices[workers], state.sizes[workers]

@@ -220,13 +220,12 @@ def check_defences(units: Sequence[Unit]) -> None:
         c = unit.config
         if c.algorithm != "dsgd":
             continue
-        received = c.num_workers if c.clients_per_round is None else c.clients_per_round
-        key = (c.defence, received, c.defence_f)
+        key = (c.defence, c.received_count, c.defence_f)
         if key in seen:
             continue
         seen.add(key)
         try:
-            simulator.make_defence(c, received)
+            simulator.make_defence(c)
         except ValueError as exc:
             raise ValueError(
                 f"grid point {unit.grid_values}: {exc}; take it out of the grid"

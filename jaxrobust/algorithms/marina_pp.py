@@ -291,7 +291,7 @@ def shift_back_vector(
 def default_p(config: Config, local_size: float, d: int, compressor) -> float:
     """``min(C/n, b/m, K/d)`` (see the module docstring for ``K/d`` of each compressor)."""
     n = config.num_workers
-    c = config.clients_per_round or n
+    c = config.received_count
     if compressor.name == "top_k":  # omega = 1 - K/d
         kept = 1.0 - compressor.omega(d)
     else:  # rand_k: 1 / (1 + omega) = K/d; identity: 1
@@ -371,7 +371,7 @@ def build(
         raise ValueError(f"unknown init {init_mode!r}; choose one of: {', '.join(INITS)}")
     h, nb = config.num_honest, config.num_byzantine
     n = h + nb
-    C = config.clients_per_round or n
+    C = config.received_count
     C_hat = int(options.get("clients_full", n))
     if not 1 <= C_hat <= n:
         raise ValueError(f"clients_full needs 1 <= clients_full <= n={n}, got {C_hat}")
