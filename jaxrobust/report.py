@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from jaxrobust.config import field_types
 from jaxrobust.simulator import METRIC_COLUMNS
+from jaxrobust.sweep import grid_fields
 
 #: Grid fields tuned per setting rather than reported as settings.
 DEFAULT_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "lr_schedule")
@@ -429,20 +429,6 @@ def worst_case_table(
 # --------------------------------------------------------------------------
 
 
-def grid_fields(sweep_config: dict[str, Any]) -> list[str]:
-    """The config fields a sweep's grid sets: its plain fields, and every field of
-    its linked axes (entries that are not config fields and hold mappings, see
-    :mod:`jaxrobust.sweep`), the columns ``runs.csv`` has for them."""
-    names = set(field_types())
-    out: list[str] = []
-    for name, options in (sweep_config.get("grid") or {}).items():
-        if name in names or not isinstance(options, list):
-            out.append(name)
-        else:
-            out.extend(k for m in options if isinstance(m, dict) for k in m)
-    return list(dict.fromkeys(out))
-
-
 def _show(value: Any) -> str:
     """A setting or hyperparameter value as written in the sweep (``0.1``, ``10.0``)."""
     return "-" if value is None else str(value)
@@ -526,7 +512,7 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
     constants = {f: table.rows[0].setting[f] for f in fixed} if table.rows else {}
     if sweep_config:
         # runs.csv's own columns: plain grid fields and the fields of linked axes
-        columns = {*grid_fields(sweep_config), *table.setting_fields}
+        columns = {*grid_fields(sweep_config.get("grid") or {}), *table.setting_fields}
         columns.update(table.hyperparameter_fields)
         for name in CONSTANTS_SHOWN:
             if name in sweep_config and name not in columns and name not in constants:

@@ -154,15 +154,8 @@ class Sweep:
         return name not in field_types()
 
     def fields(self) -> list[str]:
-        """Config fields the grid sets, in grid order: plain axes and every field of a
-        linked axis (in order of first appearance in its mappings)."""
-        out: list[str] = []
-        for name, options in self.grid.items():
-            if self.linked(name):
-                out.extend(dict.fromkeys(k for mapping in options for k in mapping))
-            else:
-                out.append(name)
-        return out
+        """The config fields the grid sets, its ``runs.csv`` columns (:func:`grid_fields`)."""
+        return grid_fields(self.grid)
 
     def units(self) -> list[Unit]:
         """Every (grid point, seed), in a fixed order."""
@@ -180,6 +173,23 @@ class Sweep:
                 unit_config = config.replace(seed=config.seed + s, seeds=1)
                 out.append(Unit(unit_config, cells))
         return out
+
+
+def grid_fields(grid: dict[str, Any]) -> list[str]:
+    """Config fields a grid sets, in grid order: plain axes, and every field of a
+    linked axis (in order of first appearance in its mappings).
+
+    Works on a :class:`Sweep`'s grid and on the ``grid`` of a ``sweep.yaml`` as
+    written to a sweep's directory (what :mod:`jaxrobust.report` reads).
+    """
+    names = set(field_types())
+    out: list[str] = []
+    for name, options in grid.items():
+        if name in names or not isinstance(options, list):
+            out.append(name)
+        else:
+            out.extend(k for mapping in options if isinstance(mapping, dict) for k in mapping)
+    return list(dict.fromkeys(out))
 
 
 def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[dict[str, Any]]:
