@@ -551,11 +551,6 @@ def run_sweep(
         compiled = simulator.compiled_run(config, data)
         width = table_width(group, data.y_train)  # every batch of the group: one shape
         size = max_batch
-        if size is None and isinstance(compiled[1], simulator.StepLoop) and mesh is None:
-            # A convolutional model on CPU: vmapped runs turn its convolutions into
-            # grouped ones, slower than the runs one after another (measured for the
-            # CIFAR CNN: 0.57 s per round for 2 runs vmapped, 0.20 s for one).
-            size = 1
         if size is None:
             per_unit = memory_per_unit(compiled, group, data, width)
             size = choose_batch(per_unit, device_memory(), None)

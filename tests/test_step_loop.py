@@ -48,11 +48,7 @@ def test_step_loop_equals_the_scanned_chunk():
     if jax.default_backend() == "cpu":
         assert isinstance(chunk, simulator.StepLoop)
 
-    def scanned(state):
-        state, metrics = jax.lax.scan(lambda s, _: sim.step(s), state, None, length=3)
-        return state, simulator.reduce_chunk(metrics)
-
-    scan_chunk = jax.jit(jax.vmap(scanned))
+    scan_chunk = simulator.scan_chunk(sim.step, 3)
     loop_chunk = simulator.StepLoop(sim.step, 3)
     a = b = simulator.initial_states(config, data, init, np.arange(2))
     for _ in range(2):
