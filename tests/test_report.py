@@ -298,19 +298,25 @@ def test_cli_report_missing_directory(tmp_path, capsys):
     assert "no runs.csv in" in capsys.readouterr().err
 
 
+# A real sweep small enough for the tests: digits, logistic regression, 10 steps.
+TINY_SWEEP = {
+    "dataset": "digits",
+    "model": "logistic_regression",
+    "num_honest": 5,
+    "num_byzantine": 1,
+    "steps": 10,
+    "eval_every": 10,
+    "max_train": 300,
+    "validation": 0.2,
+}
+
+
 def test_report_on_a_real_tiny_sweep(tmp_path):
     from jaxrobust import sweep
 
     spec = sweep.Sweep.from_dict(
         {
-            "dataset": "digits",
-            "model": "logistic_regression",
-            "num_honest": 5,
-            "num_byzantine": 1,
-            "steps": 10,
-            "eval_every": 10,
-            "max_train": 300,
-            "validation": 0.2,
+            **TINY_SWEEP,
             "attack": "sign_flip",
             "grid": {"lr": [0.1, 0.5]},
         }
@@ -332,14 +338,7 @@ def test_report_on_a_sweep_with_a_linked_axis(tmp_path):
 
     spec = sweep.Sweep.from_dict(
         {
-            "dataset": "digits",
-            "model": "logistic_regression",
-            "num_honest": 5,
-            "num_byzantine": 1,
-            "steps": 10,
-            "eval_every": 10,
-            "max_train": 300,
-            "validation": 0.2,
+            **TINY_SWEEP,
             "alpha": 0.5,
             "grid": {
                 "partition": [
