@@ -22,6 +22,7 @@ from jaxrobust.aggregators import (
     multi_krum,
     trimmed_mean,
 )
+from jaxrobust.core import register, registry
 from jaxrobust.kernels import pairwise_squared_distances, worker_norms
 from jaxrobust.preaggregators import arc, bucketing, clip, nnm
 from jaxrobust.transforms import per_worker
@@ -68,4 +69,6 @@ __all__ = [
     "pairwise_squared_distances",
     "per_worker",
     "worker_norms",
+    "register",
+    "registry",
 ]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrobust import kernels
+from jaxrobust.core import registry
 from jaxrobust.functional import aggregators as F
 from jaxrobust.transforms import check_workers, randomised_rule, stateless_rule
 
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 
+_AGGREGATORS = registry("aggregator")
+
+
 def _no_bound(n: int) -> None:
     del n
 
@@ -49,6 +53,7 @@ def mean(*, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("mean", F.mean, _no_bound, n)
 
 
+@_AGGREGATORS.register("median")
 def median(f: int = 0, *, n: int | None = None) -> optax.GradientTransformation:
     """Coordinate-wise median (CWMed); for even ``n`` the mean of the two middle values.
 
@@ -59,6 +64,7 @@ def median(f: int = 0, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("median", F.median, partial(F.check_median, f=f), n)
 
 
+@_AGGREGATORS.register("trimmed_mean")
 def trimmed_mean(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """Coordinate-wise trimmed mean (CWTM).
 
@@ -71,6 +77,7 @@ def trimmed_mean(f: int, *, n: int | None = None) -> optax.GradientTransformatio
     )
 
 
+@_AGGREGATORS.register("meamed")
 def meamed(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """Mean around the median: per coordinate, the mean of the ``n - f`` values nearest the median.
 
@@ -80,6 +87,7 @@ def meamed(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("meamed", partial(F.meamed, f=f), partial(F.check_meamed, f=f), n)
 
 
+@_AGGREGATORS.register("geometric_median")
 def geometric_median(
     f: int = 0, *, nu: float = 0.1, iterations: int = 8, n: int | None = None
 ) -> optax.GradientTransformation:
@@ -102,6 +110,7 @@ def geometric_median(
     )
 
 
+@_AGGREGATORS.register("krum")
 def krum(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """Krum: the vector whose ``n - f - 2`` nearest others are closest (sum of squared distances).
 
@@ -113,6 +122,7 @@ def krum(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("krum", partial(F.krum, f=f), partial(F.check_krum, f=f), n)
 
 
+@_AGGREGATORS.register("multi_krum")
 def multi_krum(
     f: int, m: int | None = None, *, n: int | None = None
 ) -> optax.GradientTransformation:
@@ -128,6 +138,7 @@ def multi_krum(
     )
 
 
+@_AGGREGATORS.register("mda")
 def mda(
     f: int, *, max_subsets: int = F.MDA_MAX_SUBSETS, n: int | None = None
 ) -> optax.GradientTransformation:
@@ -146,6 +157,7 @@ def mda(
     )
 
 
+@_AGGREGATORS.register("monna")
 def monna(f: int, trusted: int = 0, *, n: int | None = None) -> optax.GradientTransformation:
     """MoNNA: the average of the ``n - f`` nearest neighbours of the trusted worker ``trusted``.
 
@@ -161,6 +173,7 @@ def monna(f: int, trusted: int = 0, *, n: int | None = None) -> optax.GradientTr
     )
 
 
+@_AGGREGATORS.register("caf")
 def caf(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """CAF, the covariance-bound agnostic filter (see :func:`jaxrobust.functional.caf`).
 
@@ -170,6 +183,7 @@ def caf(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("caf", partial(F.caf, f=f), partial(F.check_caf, f=f), n)
 
 
+@_AGGREGATORS.register("dnc")
 def dnc(
     f: int,
     *,
@@ -233,3 +247,22 @@ def centered_clipping(
         return out, CenteredClippingState(center=out)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+# Registered in the one form every rule factory takes, ``factory(f, *, n, **options)``.
+
+
+@_AGGREGATORS.register("mean")
+def _mean_rule(f: int = 0, *, n: int | None = None) -> optax.GradientTransformation:
+    """Average over workers (not robust; ``f`` is ignored): the baseline."""
+    del f
+    return mean(n=n)
+
+
+@_AGGREGATORS.register("centered_clipping")
+def _centered_clipping_rule(
+    f: int = 0, *, n: int | None = None, tau: float = 10.0, iterations: int = 3
+) -> optax.GradientTransformation:
+    """Centered clipping around the previous aggregate (Karimireddy, He and Jaggi, 2021)."""
+    del f
+    return centered_clipping(tau, iterations, n=n)

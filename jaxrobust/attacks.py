@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrobust import kernels
+from jaxrobust.core import registry
 from jaxrobust.kernels import PyTree
 
 Array = jax.Array
@@ -398,24 +399,6 @@ def ipm_aware(max_epsilon: float = 10.0, points: int = 16) -> Attack:
     )
 
 
-ATTACKS: dict[str, Callable[..., Attack]] = {
-    "none": None,  # filled below
-    "sign_flip": sign_flip,
-    "ipm": ipm,
-    "foe": foe,
-    "alie": alie,
-    "mimic": mimic,
-    "label_flip": label_flip,
-    "gaussian": gaussian,
-    "inf": inf,
-    "nan": nan,
-    "min_max": min_max,
-    "min_sum": min_sum,
-    "alie_aware": alie_aware,
-    "ipm_aware": ipm_aware,
-}
-
-
 def no_attack() -> Attack:
     """Byzantine workers behave honestly: they send copies of honest vectors (cyclically)."""
 
@@ -425,9 +408,6 @@ def no_attack() -> Attack:
         return jax.tree_util.tree_map(lambda x: x[rows], a.honest)
 
     return Attack("none", _stateless(fn))
-
-
-ATTACKS["none"] = no_attack
 
 
 def shift_back() -> Attack:
@@ -451,14 +431,30 @@ def shift_back() -> Attack:
     return Attack("shift_back", _stateless(fn), needs_shift_back=True)
 
 
-ATTACKS["shift_back"] = shift_back
+ATTACKS = registry("attack")
+for _name, _factory in (
+    ("none", no_attack),
+    ("sign_flip", sign_flip),
+    ("ipm", ipm),
+    ("foe", foe),
+    ("alie", alie),
+    ("mimic", mimic),
+    ("label_flip", label_flip),
+    ("gaussian", gaussian),
+    ("inf", inf),
+    ("nan", nan),
+    ("min_max", min_max),
+    ("min_sum", min_sum),
+    ("alie_aware", alie_aware),
+    ("ipm_aware", ipm_aware),
+    ("shift_back", shift_back),
+):
+    ATTACKS.register(_name, _factory)
 
 
 def make_attack(name: str, **kwargs) -> Attack:
     """Build an attack by name; unknown names list the valid choices."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}")
-    return ATTACKS[name](**kwargs)
+    return ATTACKS.build(name, **kwargs)
 
 
 def options_for(name: str, options: dict) -> dict:

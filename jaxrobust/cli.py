@@ -178,17 +178,15 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from jaxrobust import aggregators, attacks, models, preaggregators
-    from jaxrobust.data import BUILTIN_DATASETS, HETEROGENEITY
+    """Every registry, each name with its one-line description."""
+    from jaxrobust.core import REGISTRIES
 
-    print("aggregators:    " + ", ".join(aggregators.__all__))
-    print("pre-aggregators: " + ", ".join(preaggregators.__all__))
-    print("attacks:        " + ", ".join(attacks.ATTACKS))
-    print(
-        "data sets:      " + ", ".join(BUILTIN_DATASETS) + ", or any TFDS image-classification name"
-    )
-    print("models:         " + ", ".join(models.MODELS))
-    print("heterogeneity:  " + ", ".join(HETEROGENEITY))
+    for kind, reg in REGISTRIES.items():
+        print(f"{kind} ({reg.description}):")
+        entries = reg.entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            print(f"  {entry.name:<{width}}  {entry.description}")
     return 0
 
 
@@ -230,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
         help="best over each run then mean over seeds, or best of the mean curve (ByzFL)",
     )
     rep.set_defaults(func=command_report)
-    lst = sub.add_parser("list", help="list rules, attacks, data sets, models, heterogeneity")
+    lst = sub.add_parser("list", help="list every registry: rules, attacks, algorithms, data, ...")
     lst.set_defaults(func=command_list)
     return top
 

@@ -56,6 +56,7 @@ import numpy as np
 from jax import lax
 
 from jaxrobust import kernels
+from jaxrobust.core import registry
 from jaxrobust.kernels import PyTree
 from jaxrobust.transforms import as_key
 
@@ -508,13 +509,15 @@ def compress_workers(
     return jax.vmap(compressor.compress)(keys, stacked)
 
 
-COMPRESSORS: dict[str, Callable[..., Compressor]] = {
-    "identity": identity,
-    "rand_k": rand_k,
-    "top_k": top_k,
-    "random_dithering": random_dithering,
-    "natural_compression": natural_compression,
-}
+COMPRESSORS = registry("compressor")
+for _name, _factory in (
+    ("identity", identity),
+    ("rand_k", rand_k),
+    ("top_k", top_k),
+    ("random_dithering", random_dithering),
+    ("natural_compression", natural_compression),
+):
+    COMPRESSORS.register(_name, _factory)
 
 
 def make_compressor(name: str, **kwargs: Any) -> Compressor:
@@ -525,6 +528,4 @@ def make_compressor(name: str, **kwargs: Any) -> Compressor:
     ValueError
         For an unknown name; the message lists the valid names.
     """
-    if name not in COMPRESSORS:
-        raise ValueError(f"unknown compressor {name!r}; choose one of: {', '.join(COMPRESSORS)}")
-    return COMPRESSORS[name](**kwargs)
+    return COMPRESSORS.build(name, **kwargs)

@@ -53,6 +53,7 @@ class Config:
     clip_norm: float = 2.0
     bucket_size: int = 2
     cc_tau: float = 10.0
+    defence_options: dict = dataclasses.field(default_factory=dict)  # {rule: {option: value}}
     # optimisation
     steps: int = 300
     batch_size: int = 25

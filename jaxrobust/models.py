@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrobust.core import registry
+
 __all__ = [
     "MODELS",
     "ArcCNN",
@@ -290,14 +292,16 @@ class ResNet18(ResNet):
     shortcut: str = "projection"
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "logistic_regression": LogisticRegression,
-    "mlp": MLP,
-    "arc_cnn": ArcCNN,
-    "cifar_cnn": CifarCNN,
-    "resnet20": ResNet20,
-    "resnet18": ResNet18,
-}
+MODELS = registry("model")
+for _name, _factory in (
+    ("logistic_regression", LogisticRegression),
+    ("mlp", MLP),
+    ("arc_cnn", ArcCNN),
+    ("cifar_cnn", CifarCNN),
+    ("resnet20", ResNet20),
+    ("resnet18", ResNet18),
+):
+    MODELS.register(_name, _factory)
 
 
 def make_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -319,9 +323,7 @@ def make_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     ValueError
         For an unknown name; the message lists the valid names.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    return MODELS.build(name, num_classes=num_classes, **kwargs)
 
 
 def resolve_model(model_or_name: str | nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -14,12 +14,16 @@ import jax
 import optax
 
 from jaxrobust import kernels
+from jaxrobust.core import registry
 from jaxrobust.functional import preaggregators as P
 from jaxrobust.transforms import randomised_rule, stateless_rule
 
 __all__ = ["arc", "bucketing", "clip", "nnm"]
 
+_PRE = registry("preaggregator")
 
+
+@_PRE.register("arc")
 def arc(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """Adaptive robust clipping (Allouah et al., 2024).
 
@@ -45,6 +49,7 @@ def clip(max_norm: float) -> optax.GradientTransformation:
     return stateless_rule("clip", partial(P.clip, max_norm=max_norm), lambda n: None, None)
 
 
+@_PRE.register("nnm")
 def nnm(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     """Nearest neighbour mixing (Allouah et al., AISTATS 2023).
 
@@ -77,3 +82,22 @@ def bucketing(
         n,
         key,
     )
+
+
+# Registered in the one form every rule factory takes, ``factory(f, *, n, **options)``.
+
+
+@_PRE.register("clip")
+def _clip_rule(f: int = 0, *, n: int | None = None, max_norm: float = 2.0):
+    """Static clipping of every worker vector to norm ``max_norm``."""
+    del f, n
+    return clip(max_norm)
+
+
+@_PRE.register("bucketing")
+def _bucketing_rule(
+    f: int = 0, *, n: int | None = None, bucket_size: int = 2, key: int | jax.Array = 0
+):
+    """Bucketing: shuffle, then average buckets of ``bucket_size`` (Karimireddy et al., 2022)."""
+    del f
+    return bucketing(bucket_size, key=key, n=n)

@@ -25,117 +25,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrobust import aggregators, attacks, functional, kernels, models, preaggregators
+from jaxrobust import attacks, functional, kernels, models
 from jaxrobust.config import Config
+from jaxrobust.core import registry
 from jaxrobust.data import datasets
 from jaxrobust.data.partition import partition, sample_batches, stack_partition
 
 PyTree = Any
 
 
-# --------------------------------------------------------------------------
-# Defences and server optimisers from names
-# --------------------------------------------------------------------------
-
-PRE = {"arc", "clip", "nnm", "bucketing"}
-RULES = tuple(
-    sorted(set(aggregators.__all__) | set(preaggregators.__all__), key=lambda r: (r in PRE, r))
+# The defence and the server optimiser live in their own modules; re-exported here.
+from jaxrobust.defence import make_defence  # noqa: E402
+from jaxrobust.server import (  # noqa: E402
+    Hyper,
+    hyper_of,
+    lr_factor,
+    make_server_optimiser,
 )
-
-
-def make_defence(
-    config: Config, n: int | None = None, *, f: int | None = None
-) -> optax.GradientTransformation:
-    """The defence as an ``optax.chain``: the names in ``config.defence`` applied in order.
-
-    ``["arc", "nnm", "trimmed_mean"]`` is ``CWTM o NNM o ARC``: ARC first on
-    the received vectors, the aggregator last. Built for ``n`` received
-    vectors (default: ``config.received_count``, all workers or the clients
-    sampled per round) of which the rules assume at most ``f`` Byzantine
-    (default: ``config.defence_f``). A rule that cannot take ``(n, f)``
-    raises a ``ValueError`` naming its bound (e.g. ``n > 2f``).
-    """
-    f = config.defence_f if f is None else f
-    n = config.received_count if n is None else n
-    chain, workers = [], n
-    names = list(config.defence)
-    if not names or names[-1] in PRE:
-        raise ValueError(
-            f"defence must end with an aggregator, got {names}; aggregators: "
-            + ", ".join(aggregators.__all__)
-        )
-    for i, name in enumerate(names):
-        if name not in RULES:
-            raise ValueError(f"unknown rule {name!r}; choose one of: {', '.join(RULES)}")
-        if name in PRE and i == len(names) - 1 or name not in PRE and i < len(names) - 1:
-            raise ValueError(f"{name!r} is misplaced: pre-aggregators first, one aggregator last")
-        if name == "clip":
-            chain.append(preaggregators.clip(config.clip_norm))
-        elif name == "bucketing":
-            chain.append(preaggregators.bucketing(config.bucket_size, key=config.seed, n=workers))
-            # A bad vector spoils at most one bucket: f stays the bound.
-            workers = -(-workers // config.bucket_size)
-        elif name in ("mean",):
-            chain.append(aggregators.mean(n=workers))
-        elif name == "centered_clipping":
-            chain.append(aggregators.centered_clipping(tau=config.cc_tau, n=workers))
-        elif name == "dnc":
-            chain.append(aggregators.dnc(f, key=config.seed, n=workers))
-        else:
-            module = preaggregators if name in PRE else aggregators
-            chain.append(getattr(module, name)(f, n=workers))
-    return optax.chain(*chain)
-
-
-LR_SCHEDULES = ("constant", "cosine", "step")
-
-
-def lr_factor(config: Config) -> optax.Schedule:
-    """The learning-rate schedule as a factor of the base rate: 1 at step 0."""
-    if config.lr_schedule == "constant":
-        return optax.constant_schedule(1.0)
-    if config.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(1.0, config.steps)
-    if config.lr_schedule == "step":  # x0.1 at half and at three quarters of the run
-        return optax.piecewise_constant_schedule(
-            1.0, {int(config.steps * 0.5): 0.1, int(config.steps * 0.75): 0.1}
-        )
-    raise ValueError(
-        f"unknown lr_schedule {config.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
-    )
-
-
-def _sgd_with_weight_decay(learning_rate, weight_decay) -> optax.GradientTransformation:
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
-
-
-def make_server_optimiser(config: Config) -> optax.GradientTransformation:
-    """SGD with weight decay on the aggregate; both rates live in the state.
-
-    ``optax.inject_hyperparams`` keeps the learning rate and the weight decay
-    as arrays in the optimiser state, so runs of one vmapped program (a sweep)
-    can each have their own; the step sets the learning rate to
-    ``lr * lr_factor(step)`` before every update.
-    """
-    lr_factor(config)  # validates the schedule's name
-    return optax.inject_hyperparams(_sgd_with_weight_decay)(
-        learning_rate=config.lr, weight_decay=config.weight_decay
-    )
-
-
-class Hyper(NamedTuple):
-    """Per-run numbers that may differ between runs of one vmapped program."""
-
-    lr: jax.Array
-    momentum: jax.Array
-    weight_decay: jax.Array
-
-
-def hyper_of(config: Config) -> Hyper:
-    return Hyper(
-        jnp.float32(config.lr), jnp.float32(config.momentum), jnp.float32(config.weight_decay)
-    )
-
 
 # --------------------------------------------------------------------------
 # The step
@@ -203,15 +109,17 @@ def problem_for(config: Config, dataset: datasets.Dataset, model=None) -> Proble
 def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = None) -> Simulation:
     """Build the pure ``init`` / ``step`` / ``evaluate`` functions of a configuration.
 
-    ``config.algorithm`` other than ``"dsgd"`` is built by its module in
-    :mod:`jaxrobust.algorithms`.
+    ``config.algorithm`` names a registered algorithm (``"dsgd"``, or one of
+    :mod:`jaxrobust.algorithms`).
     """
-    h, b = config.num_honest, config.num_byzantine
     problem = problem_for(config, dataset) if problem is None else problem
-    if config.algorithm != "dsgd":
-        from jaxrobust import algorithms
+    return registry("algorithm").entry(config.algorithm).factory(config, dataset, problem)
 
-        return algorithms.build(config, dataset, problem)
+
+@registry("algorithm").register("dsgd")
+def build_dsgd(config: Config, dataset: datasets.Dataset, problem: Problem) -> Simulation:
+    """Robust D-SGD with worker momentum (optionally local steps and client sampling)."""
+    h, b = config.num_honest, config.num_byzantine
     loss_fn, accuracy_fn = problem.loss, problem.accuracy
     n = config.num_workers
     defence = make_defence(config)

@@ -34,10 +34,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from jaxrobust.core import registry
+
 __all__ = ["BUILTIN_DATASETS", "LIBSVM_DATASETS", "Dataset", "load_dataset"]
 
 #: Known LIBSVM data sets and their number of features (1-based indices).
 LIBSVM_DATASETS: dict[str, int] = {"a9a": 123, "w8a": 300, "phishing": 68}
+
+#: The registered loaders: ``loader(data_dir, *, test_fraction, seed) -> Dataset``.
+DATASETS = registry("dataset")
 
 #: Names :func:`load_dataset` knows without TFDS (``libsvm:<filename>`` too).
 BUILTIN_DATASETS: tuple[str, ...] = (
@@ -192,19 +197,10 @@ def load_dataset(
             raise ValueError(f"{arg} must be >= 1 or None, got {arg}={value}")
 
     key = name.lower()
-    if key == "digits":
-        ds = _load_digits(test_fraction, seed)
-    elif key.startswith("libsvm:") or key in LIBSVM_DATASETS:
-        if data_dir is None:
-            raise ValueError(
-                f"{name!r} is a LIBSVM data set: pass data_dir, the folder holding "
-                f"{_libsvm_file(name)}[.gz] (and optionally {_libsvm_file(name)}.t[.gz])"
-            )
-        ds = _load_libsvm(name, data_dir, test_fraction, seed)
-    elif data_dir is not None and key in ("mnist", "fashion_mnist"):
-        ds = _load_idx(key, data_dir)
-    elif data_dir is not None and key == "cifar10":
-        ds = _load_cifar10(data_dir, test_fraction, seed)
+    if key.startswith("libsvm:"):
+        ds = _libsvm_loader(name)(data_dir, test_fraction=test_fraction, seed=seed)
+    elif key in DATASETS:
+        ds = DATASETS[key](data_dir, test_fraction=test_fraction, seed=seed)
     else:
         ds = _load_tfds(name, data_dir, test_fraction, seed)
     return _subsample(ds, max_train, max_test, seed)
@@ -519,3 +515,50 @@ def _load_tfds(name: str, data_dir: str | None, test_fraction: float, seed: int)
         x_test, y_test = _tfds_split(tfds, name, "test", data_dir, keys)
     scale = 255.0 if x_train.dtype == np.uint8 else 1.0
     return _images(name, x_train, y_train, x_test, y_test, num_classes, scale)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@DATASETS.register("digits")
+def digits(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (offline; ``data_dir`` is ignored)."""
+    del data_dir
+    return _load_digits(test_fraction, seed)
+
+
+def _idx_loader(name: str) -> Callable[..., Dataset]:
+    def load(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0):
+        if data_dir is None:
+            return _load_tfds(name, None, test_fraction, seed)
+        return _load_idx(name, data_dir)
+
+    load.__doc__ = f"{name} from IDX files in data_dir (TFDS without data_dir)."
+    return load
+
+
+def _libsvm_loader(name: str) -> Callable[..., Dataset]:
+    def load(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0):
+        if data_dir is None:
+            raise ValueError(
+                f"{name!r} is a LIBSVM data set: pass data_dir, the folder holding "
+                f"{_libsvm_file(name)}[.gz] (and optionally {_libsvm_file(name)}.t[.gz])"
+            )
+        return _load_libsvm(name, data_dir, test_fraction, seed)
+
+    load.__doc__ = f"LIBSVM {name} (``{_libsvm_file(name)}`` in data_dir; ``libsvm:<file>`` too)."
+    return load
+
+
+@DATASETS.register("cifar10")
+def cifar10(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """CIFAR-10 from its binary batches in data_dir (TFDS without data_dir)."""
+    if data_dir is None:
+        return _load_tfds("cifar10", None, test_fraction, seed)
+    return _load_cifar10(data_dir, test_fraction, seed)
+
+
+for _name in ("mnist", "fashion_mnist"):
+    DATASETS.register(_name, _idx_loader(_name))
+for _name in LIBSVM_DATASETS:
+    DATASETS.register(_name, _libsvm_loader(_name))

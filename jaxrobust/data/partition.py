@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrobust.core import registry
+
 __all__ = [
     "HETEROGENEITY",
     "class_counts",
@@ -32,7 +34,61 @@ __all__ = [
     "stack_partition",
 ]
 
-HETEROGENEITY = ("iid", "dirichlet", "gamma_similarity", "extreme", "shards")
+HETEROGENEITY = registry("heterogeneity")
+"""The registered schemes: ``scheme(labels, num_workers, rng, **options) -> parts``."""
+
+
+@HETEROGENEITY.register("iid")
+def iid(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A uniformly random split into near-equal parts."""
+    return np.array_split(rng.permutation(len(labels)), num_workers)
+
+
+@HETEROGENEITY.register("dirichlet")
+def dirichlet(
+    labels: np.ndarray, num_workers: int, rng: np.random.Generator, alpha: float = 1.0
+) -> list[np.ndarray]:
+    """Per-class proportions drawn from Dir(alpha); no worker left empty."""
+    if not alpha > 0:
+        raise ValueError(f"dirichlet needs alpha > 0, got alpha={alpha}")
+    return _dirichlet(labels, num_workers, float(alpha), rng)
+
+
+@HETEROGENEITY.register("gamma_similarity")
+def gamma_similarity(
+    labels: np.ndarray, num_workers: int, rng: np.random.Generator, gamma: float = 0.5
+) -> list[np.ndarray]:
+    """A fraction gamma split iid, the rest sorted by label into contiguous chunks."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma_similarity needs 0 <= gamma <= 1, got gamma={gamma}")
+    return _gamma_similarity(labels, num_workers, float(gamma), rng)
+
+
+@HETEROGENEITY.register("extreme")
+def extreme(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Sorted by label, cut into contiguous near-equal chunks, one per worker."""
+    return np.array_split(_label_sorted(labels, rng.permutation(len(labels))), num_workers)
+
+
+@HETEROGENEITY.register("shards")
+def shards(
+    labels: np.ndarray, num_workers: int, rng: np.random.Generator, shards_per_worker: int = 2
+) -> list[np.ndarray]:
+    """Sorted by label, cut into shards; each worker gets ``shards_per_worker`` at random."""
+    n = len(labels)
+    if int(shards_per_worker) != shards_per_worker or shards_per_worker < 1:
+        raise ValueError(
+            f"shards needs shards_per_worker >= 1, got shards_per_worker={shards_per_worker}"
+        )
+    k = int(shards_per_worker)
+    if num_workers * k > n:
+        raise ValueError(
+            f"shards needs num_workers * shards_per_worker <= {n} examples, "
+            f"got {num_workers} * {k} = {num_workers * k}"
+        )
+    pieces = np.array_split(_label_sorted(labels, rng.permutation(n)), num_workers * k)
+    owner = rng.permutation(num_workers * k).reshape(num_workers, k)
+    return [np.concatenate([pieces[s] for s in row]) for row in owner]
 
 
 def partition(
@@ -110,10 +166,6 @@ def partition(
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if scheme not in HETEROGENEITY:
-        raise ValueError(
-            f"unknown heterogeneity {scheme!r}; choose one of: {', '.join(HETEROGENEITY)}"
-        )
     if int(num_workers) != num_workers or num_workers < 1:
         raise ValueError(f"num_workers must be an integer >= 1, got num_workers={num_workers}")
     num_workers = int(num_workers)
@@ -124,33 +176,12 @@ def partition(
             "(every worker needs at least one)"
         )
     rng = np.random.default_rng(seed)
-
-    if scheme == "iid":
-        parts = np.array_split(rng.permutation(n), num_workers)
-    elif scheme == "dirichlet":
-        if not alpha > 0:
-            raise ValueError(f"dirichlet needs alpha > 0, got alpha={alpha}")
-        parts = _dirichlet(labels, num_workers, float(alpha), rng)
-    elif scheme == "gamma_similarity":
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma_similarity needs 0 <= gamma <= 1, got gamma={gamma}")
-        parts = _gamma_similarity(labels, num_workers, float(gamma), rng)
-    elif scheme == "extreme":
-        parts = np.array_split(_label_sorted(labels, rng.permutation(n)), num_workers)
-    else:  # shards
-        if int(shards_per_worker) != shards_per_worker or shards_per_worker < 1:
-            raise ValueError(
-                f"shards needs shards_per_worker >= 1, got shards_per_worker={shards_per_worker}"
-            )
-        k = int(shards_per_worker)
-        if num_workers * k > n:
-            raise ValueError(
-                f"shards needs num_workers * shards_per_worker <= {n} examples, "
-                f"got {num_workers} * {k} = {num_workers * k}"
-            )
-        shards = np.array_split(_label_sorted(labels, rng.permutation(n)), num_workers * k)
-        owner = rng.permutation(num_workers * k).reshape(num_workers, k)
-        parts = [np.concatenate([shards[s] for s in row]) for row in owner]
+    options = {"alpha": alpha, "gamma": gamma, "shards_per_worker": shards_per_worker}
+    scheme_fn = HETEROGENEITY.entry(scheme).factory
+    accepted = HETEROGENEITY.entry(scheme).options()
+    parts = scheme_fn(
+        labels, num_workers, rng, **{k: v for k, v in options.items() if k in accepted}
+    )
     return [np.sort(np.asarray(p, np.int64)) for p in parts]
 
 

@@ -1,0 +1,288 @@
+"""One registry type for every catalogue: rules, attacks, algorithms, data, models, ...
+
+A :class:`Registry` maps names to factories. Built-in entries are registered
+where they are defined (with the ``register`` decorator of their registry);
+a registry knows which modules hold its built-ins and imports them on first
+lookup, so importing :mod:`jaxrobust.core` imports no JAX. Users add their own
+entries from their own module with :func:`register`::
+
+    import jaxrobust as jr
+
+    @jr.register("aggregator", "my_mean")
+    def my_mean(f, *, n=None):
+        ...  # return an optax.GradientTransformation
+
+after which ``defence: [my_mean]`` works in configs, sweeps and the CLI like
+a built-in name. Unknown names and unknown options raise ``ValueError`` listing
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["Entry", "Registry", "REGISTRIES", "register", "registry"]
+
+
+# Arguments a factory receives from the run, not from the user's options (and
+# flax's own module fields).
+_NOT_OPTIONS = ("f", "n", "num_classes", "parent", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One registered name: its factory and a one-line description."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+
+    def options(self) -> dict[str, Any]:
+        """The factory's options: keyword parameters and their defaults (``None`` if required).
+
+        ``f`` and ``n`` of the rule factories and ``*args`` / ``**kwargs``
+        are not options.
+        """
+        try:
+            params = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):
+            return {}
+        return {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _NOT_OPTIONS
+        }
+
+    def parameters(self) -> set[str]:
+        """Every keyword the factory takes (options and the fixed ``f``, ``n``, ...)."""
+        try:
+            params = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):
+            return set()
+        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def accepts_any(self) -> bool:
+        try:
+            params = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):
+            return True
+        return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+
+
+class Registry(Mapping[str, Callable[..., Any]]):
+    """Names mapped to factories, for one kind of component.
+
+    Parameters
+    ----------
+    kind : str
+        What the registry holds (``"aggregator"``, ``"attack"``, ...), used in
+        error messages and by :func:`register`.
+    builtins : tuple of str
+        Modules that register the built-in entries; imported on first lookup.
+    description : str
+        One line shown by ``jaxrobust list``.
+
+    A registry is a read-only ``Mapping`` from names to factories, in
+    registration order (built-ins first).
+
+    Examples
+    --------
+    >>> reg = Registry("colour")
+    >>> @reg.register("red")
+    ... def red(shade=1.0):
+    ...     '''A red.'''
+    ...     return ("red", shade)
+    >>> reg.build("red", shade=0.5)
+    ('red', 0.5)
+    >>> reg.build("blue")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown colour 'blue'; choose one of: red
+    """
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), description: str = ""):
+        self.kind = kind
+        self.description = description
+        self._builtins = builtins
+        self._loaded = not builtins
+        self._entries: dict[str, Entry] = {}
+
+    # -- registration -------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        factory: Callable[..., Any] | None = None,
+        *,
+        description: str | None = None,
+        replace: bool = False,
+    ):
+        """Register ``factory`` under ``name`` (usable as a decorator).
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is taken (pass ``replace=True`` to override on purpose)
+            or is not a valid identifier-like name.
+        """
+        if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
+            raise ValueError(f"a {self.kind} name must be a non-empty word, got {name!r}")
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries and not replace and self._entries[name].factory is not fn:
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered; pass replace=True to override"
+                )
+            text = description if description is not None else _first_line(fn)
+            self._entries[name] = Entry(name, fn, text)
+            return fn
+
+        return add if factory is None else add(factory)
+
+    # -- lookup ---------------------------------------------------------------
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._builtins:
+                importlib.import_module(module)
+
+    def entry(self, name: str) -> Entry:
+        """The :class:`Entry` of ``name``; ``ValueError`` listing the names if unknown."""
+        self._load()
+        if name not in self._entries:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}"
+            )
+        return self._entries[name]
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        self._load()
+        return self._entries[name].factory
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def entries(self) -> list[Entry]:
+        self._load()
+        return list(self._entries.values())
+
+    def check_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``options`` as a dict; ``ValueError`` naming the valid ones if any is unknown."""
+        entry = self.entry(name)
+        options = dict(options)
+        if entry.accepts_any():
+            return options
+        valid = entry.options()
+        unknown = sorted(set(options) - entry.parameters())
+        if unknown:
+            listed = ", ".join(f"{k}={v!r}" for k, v in valid.items()) or "none"
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for {self.kind} {name!r}; "
+                f"valid options (with defaults): {listed}"
+            )
+        return options
+
+    def build(self, name: str, *args: Any, **options: Any) -> Any:
+        """Call the factory of ``name`` with ``args`` and the checked ``options``."""
+        options = self.check_options(name, options)
+        return self.entry(name).factory(*args, **options)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {list(self)})"
+
+
+_BUILTINS = {
+    "aggregator": (("jaxrobust.aggregators",), "robust aggregators (the worker axis goes away)"),
+    "preaggregator": (
+        ("jaxrobust.preaggregators",),
+        "pre-aggregation rules (before an aggregator)",
+    ),
+    "attack": (("jaxrobust.attacks",), "what the Byzantine workers send"),
+    "algorithm": (("jaxrobust.algorithms",), "training algorithms (one jitted step per round)"),
+    "heterogeneity": (("jaxrobust.data.partition",), "how data is split over honest workers"),
+    "compressor": (("jaxrobust.compression",), "compression operators of worker messages"),
+    "dataset": (("jaxrobust.data.datasets",), "data sets (plus any TFDS name without data_dir)"),
+    "model": (("jaxrobust.models",), "flax models"),
+    "lr_schedule": (("jaxrobust.server",), "learning-rate schedules (factor of the base rate)"),
+}
+
+REGISTRIES: dict[str, Registry] = {
+    kind: Registry(kind, modules, text) for kind, (modules, text) in _BUILTINS.items()
+}
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``kind``; ``ValueError`` listing the kinds if unknown."""
+    if kind not in REGISTRIES:
+        raise ValueError(f"unknown registry kind {kind!r}; choose one of: {', '.join(REGISTRIES)}")
+    return REGISTRIES[kind]
+
+
+def register(kind: str, name: str, *, description: str | None = None, replace: bool = False):
+    """Decorator registering a user's component under ``name`` in the registry of ``kind``.
+
+    Parameters
+    ----------
+    kind : str
+        One of ``"aggregator"``, ``"preaggregator"``, ``"attack"``,
+        ``"algorithm"``, ``"heterogeneity"``, ``"compressor"``, ``"dataset"``,
+        ``"model"``, ``"lr_schedule"``.
+    name : str
+        The name configs, sweeps and the CLI use.
+    description : str, optional
+        One line for ``jaxrobust list`` (default: the docstring's first line).
+    replace : bool
+        Allow replacing an existing entry.
+
+    What each kind registers (the same form as the built-ins):
+
+    - ``aggregator`` / ``preaggregator``: ``factory(f, *, n=None, **options)``
+      returning an ``optax.GradientTransformation`` over updates with a leading
+      worker axis (aggregators remove it).
+    - ``attack``: ``factory(**options)`` returning a
+      :class:`jaxrobust.attacks.Attack`.
+    - ``algorithm``: ``factory(setup)`` returning a
+      :class:`jaxrobust.algorithms.Algorithm`.
+    - ``heterogeneity``: ``scheme(labels, num_workers, rng, **options)``
+      returning a list of index arrays.
+    - ``compressor``: ``factory(**options)`` returning a
+      :class:`jaxrobust.compression.Compressor`.
+    - ``dataset``: ``loader(data_dir, *, test_fraction, seed)`` returning a
+      :class:`jaxrobust.data.Dataset`.
+    - ``model``: a flax module class taking ``num_classes``.
+    - ``lr_schedule``: ``factory(steps)`` returning an optax schedule (1 at step 0).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind`` (the message lists the kinds), or a name already taken.
+
+    Examples
+    --------
+    >>> import jaxrobust as jr
+    >>> @jr.register("lr_schedule", "halve_once", replace=True)
+    ... def halve_once(steps):
+    ...     '''x0.5 at the run's midpoint.'''
+    ...     import optax
+    ...     return optax.piecewise_constant_schedule(1.0, {steps // 2: 0.5})
+    >>> "halve_once" in jr.registry("lr_schedule")
+    True
+    """
+    return registry(kind).register(name, description=description, replace=replace)

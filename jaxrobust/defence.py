@@ -1,0 +1,119 @@
+"""The defence: registered rules, by name, chained in the order they are applied.
+
+``["arc", "nnm", "trimmed_mean"]`` is ``CWTM o NNM o ARC``: ARC first on the
+received vectors, the aggregator last. Every rule, built-in or a user's, is
+built the same way from its registry: ``factory(f, *, n=..., **options)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrobust.core import registry
+
+__all__ = ["build_defence", "make_defence", "output_count", "rule_options"]
+
+
+def output_count(tx: optax.GradientTransformation, n: int) -> int:
+    """How many vectors a pre-aggregator hands on for ``n`` inputs (traced abstractly)."""
+    params = jnp.zeros((1,), jnp.float32)
+
+    def run(updates):
+        return tx.update(updates, tx.init(params), params)[0]
+
+    return int(jax.eval_shape(run, jax.ShapeDtypeStruct((n, 1), jnp.float32)).shape[0])
+
+
+def build_defence(
+    names: Sequence[str],
+    n: int,
+    f: int,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> optax.GradientTransformation:
+    """Chain the rules ``names`` (pre-aggregators first, one aggregator last) for ``n`` inputs.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Registered rule names, in the order they are applied.
+    n : int
+        Number of received vectors.
+    f : int
+        The ``f`` every rule is told.
+    options : mapping, optional
+        Per rule name, the options passed to its factory.
+
+    Raises
+    ------
+    ValueError
+        Unknown or misplaced names (the message lists the valid ones), unknown
+        options, or a rule whose bound fails for ``(n, f)`` (the message names it).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> tx = build_defence(["nnm", "trimmed_mean"], n=5, f=1)
+    >>> x = jnp.array([[1.0], [2.0], [3.0], [4.0], [100.0]])
+    >>> float(tx.update(x, tx.init(jnp.zeros(1)))[0][0])
+    2.75
+    """
+    aggregators, pre = registry("aggregator"), registry("preaggregator")
+    names = list(names)
+    options = dict(options or {})
+    if not names or names[-1] not in aggregators:
+        raise ValueError(
+            f"defence must end with an aggregator, got {names}; aggregators: "
+            + ", ".join(aggregators)
+        )
+    chain, workers = [], n
+    for i, name in enumerate(names):
+        last = i == len(names) - 1
+        if name not in aggregators and name not in pre:
+            raise ValueError(
+                f"unknown rule {name!r}; choose one of: {', '.join([*aggregators, *pre])}"
+            )
+        if (name in pre) == last:
+            raise ValueError(f"{name!r} is misplaced: pre-aggregators first, one aggregator last")
+        kind = aggregators if last else pre
+        tx = kind.build(name, f, n=workers, **dict(options.get(name, {})))
+        chain.append(tx)
+        if not last:
+            workers = output_count(tx, workers)
+    return optax.chain(*chain)
+
+
+def rule_options(config) -> dict[str, dict[str, Any]]:
+    """Per rule, the options a configuration gives it.
+
+    The flat fields ``clip_norm``, ``bucket_size``, ``cc_tau`` and ``seed``
+    (the key of the randomised rules) come first; ``defence_options`` (a
+    mapping from rule names to options) overrides them.
+    """
+    options = {
+        "clip": {"max_norm": config.clip_norm},
+        "bucketing": {"bucket_size": config.bucket_size, "key": config.seed},
+        "centered_clipping": {"tau": config.cc_tau},
+        "dnc": {"key": config.seed},
+    }
+    for name, extra in (getattr(config, "defence_options", None) or {}).items():
+        options[name] = {**options.get(name, {}), **dict(extra)}
+    return {name: options[name] for name in config.defence if name in options}
+
+
+def make_defence(config, n: int | None = None, *, f: int | None = None):
+    """The defence of a configuration as an ``optax.chain``.
+
+    Built for ``n`` received vectors (default: ``config.received_count``,
+    all workers or the clients sampled per round) of which the rules assume
+    at most ``f`` Byzantine (default: ``config.defence_f``). A rule that
+    cannot take ``(n, f)`` raises a ``ValueError`` naming its bound (e.g.
+    ``n > 2f``).
+    """
+    f = config.defence_f if f is None else f
+    n = config.received_count if n is None else n
+    return build_defence(config.defence, n, f, rule_options(config))

@@ -1,0 +1,123 @@
+"""The one registry type: every catalogue, unknown names and options, user entries."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxrobust as jr
+from jaxrobust import cli
+from jaxrobust.config import Config
+from jaxrobust.core import REGISTRIES, Registry
+from jaxrobust.defence import make_defence
+
+KINDS = (
+    "aggregator",
+    "preaggregator",
+    "attack",
+    "algorithm",
+    "heterogeneity",
+    "compressor",
+    "dataset",
+    "model",
+    "lr_schedule",
+)
+
+
+def test_every_catalogue_is_a_registry_with_its_builtins():
+    assert tuple(REGISTRIES) == KINDS
+    expected = {
+        "aggregator": {"mean", "median", "trimmed_mean", "krum", "centered_clipping", "dnc"},
+        "preaggregator": {"arc", "clip", "nnm", "bucketing"},
+        "attack": {"none", "sign_flip", "alie", "alie_aware", "shift_back"},
+        "algorithm": {"dsgd", "marina_pp", "byz_ef21_sgdm", "byz_ef21", "br_csgd"},
+        "heterogeneity": {"iid", "dirichlet", "gamma_similarity", "extreme", "shards"},
+        "compressor": {"identity", "rand_k", "top_k"},
+        "dataset": {"digits", "mnist", "cifar10", "a9a"},
+        "model": {"logistic_regression", "mlp", "arc_cnn", "resnet18"},
+        "lr_schedule": {"constant", "cosine", "step"},
+    }
+    for kind, names in expected.items():
+        reg = jr.registry(kind)
+        assert isinstance(reg, Registry)
+        assert names <= set(reg), kind
+        for entry in reg.entries():
+            assert entry.description, (kind, entry.name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_names_list_the_valid_ones(kind):
+    reg = jr.registry(kind)
+    with pytest.raises(ValueError, match=f"unknown {kind} 'bogus'; choose one of: ") as err:
+        reg.entry("bogus")
+    assert all(name in str(err.value) for name in reg)
+
+
+def test_unknown_kind_and_options_are_refused():
+    with pytest.raises(ValueError, match="unknown registry kind 'rules'; choose one of: aggre"):
+        jr.registry("rules")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) zz for attack 'alie'.*\bz=None"):
+        jr.registry("attack").build("alie", zz=1)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) bogus for aggregator 'krum'"):
+        make_defence(Config(defence=("krum",), defence_options={"krum": {"bogus": 1}}))
+
+
+def test_names_are_not_silently_replaced():
+    reg = Registry("thing")
+    reg.register("a", lambda: 1)
+    with pytest.raises(ValueError, match="thing 'a' is already registered"):
+        reg.register("a", lambda: 2)
+    reg.register("a", lambda: 3, replace=True)
+    assert reg.build("a") == 3
+    with pytest.raises(ValueError, match="non-empty word"):
+        reg.register("a b", lambda: 4)
+
+
+def test_rule_factories_share_one_form():
+    """Every registered rule builds as ``factory(f, n=n)`` and reduces (or keeps) the axis."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7, 3)), jnp.float32)
+    for kind in ("aggregator", "preaggregator"):
+        for name in jr.registry(kind):
+            tx = jr.registry(kind).build(name, 1, n=7)
+            out = tx.update(x, tx.init(jnp.zeros(3)), jnp.zeros(3))[0]
+            assert out.shape[-1] == 3 and np.isfinite(np.asarray(out)).all(), name
+
+
+def test_user_rule_and_options_reach_the_defence():
+    @jr.register("aggregator", "test_scaled_mean", replace=True)
+    def scaled_mean(f, *, n=None, scale=1.0):
+        """The mean times ``scale``."""
+        del f, n
+
+        def update(updates, state, params=None):
+            return jnp.mean(updates, axis=0) * scale, state
+
+        return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
+
+    config = Config(
+        num_honest=3,
+        num_byzantine=0,
+        defence=("nnm", "test_scaled_mean"),
+        defence_options={"test_scaled_mean": {"scale": 2.0}},
+    )
+    tx = make_defence(config)
+    x = jnp.array([[1.0], [2.0], [3.0]])
+    assert float(tx.update(x, tx.init(jnp.zeros(1)))[0][0]) == pytest.approx(4.0)
+
+
+def test_bucketing_shrinks_the_count_the_next_rule_is_built_for():
+    config = Config(num_honest=6, num_byzantine=1, defence=("bucketing", "krum"), bucket_size=2)
+    with pytest.raises(ValueError, match="krum needs n > 2f \\+ 2"):
+        make_defence(config, f=1)  # 7 vectors -> 4 buckets; Krum needs 4 > 4
+    make_defence(config.replace(num_honest=8), f=1)  # 9 -> 5 buckets
+
+
+def test_list_walks_every_registry(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for kind, reg in REGISTRIES.items():
+        assert f"{kind} (" in out
+        for name in reg:
+            assert f"  {name} " in out
