@@ -410,6 +410,21 @@ def no_attack() -> Attack:
     return Attack("none", _stateless(fn))
 
 
+def shift_back_target(params: PyTree, start: PyTree, lr, weight_decay=0.0) -> PyTree:
+    """The aggregate that sends the next SGD step from ``params`` back to ``start``.
+
+    ``(x - x_0) / lr - weight_decay * x``: with the server step
+    ``x <- x - lr (g + weight_decay * x)``, the aggregate ``g`` equal to it
+    lands on ``x_0`` (shift-back, Malinovsky et al., 2024). With ``lr = 0``
+    no aggregate moves the model: the first term is then zero.
+    """
+    positive = lr > 0
+    safe = jnp.where(positive, lr, 1.0)
+    return jax.tree_util.tree_map(
+        lambda x, x0: jnp.where(positive, (x - x0) / safe, 0.0) - weight_decay * x, params, start
+    )
+
+
 def shift_back() -> Attack:
     """Shift-back (Malinovsky et al., 2024): undo training when in the majority.
 

@@ -85,7 +85,7 @@ def command_run(args: argparse.Namespace) -> int:
         with open(os.path.join(args.out, "config.yaml"), "w") as fh:
             fh.write(config.to_yaml())
         handle = open(os.path.join(args.out, "metrics.csv"), "w", newline="")  # noqa: SIM115
-        writer = csv.DictWriter(handle, fieldnames=simulator.METRIC_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=simulator.metric_columns([config.algorithm]))
         writer.writeheader()
         handle.flush()
     progress = Progress(config.steps, "run")

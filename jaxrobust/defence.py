@@ -60,7 +60,7 @@ def build_defence(
     >>> tx = build_defence(["nnm", "trimmed_mean"], n=5, f=1)
     >>> x = jnp.array([[1.0], [2.0], [3.0], [4.0], [100.0]])
     >>> float(tx.update(x, tx.init(jnp.zeros(1)))[0][0])
-    2.75
+    2.5
     """
     aggregators, pre = registry("aggregator"), registry("preaggregator")
     names = list(names)

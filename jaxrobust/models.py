@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from jaxrobust.core import registry
+from jaxrobust.core.types import Problem
 
 __all__ = [
     "MODELS",
@@ -441,3 +442,18 @@ def accuracy(model: nn.Module) -> Callable[[Params, Batch], jax.Array]:
         return jnp.mean((pred == jnp.asarray(y).astype(jnp.int32)).astype(jnp.float32))
 
     return acc
+
+
+def problem_for(config, dataset, model: str | nn.Module | None = None) -> Problem:
+    """The :class:`~jaxrobust.core.types.Problem` of a flax module.
+
+    ``model`` (a registered name or a module), else ``config.model``, with
+    ``dataset.num_classes`` logits, initialised on ``dataset.input_shape`` and
+    trained with the cross-entropy plus ``config.l2``.
+    """
+    module = resolve_model(config.model if model is None else model, dataset.num_classes)
+    return Problem(
+        init=lambda key: init_params(module, key, dataset.input_shape),
+        loss=cross_entropy_loss(module, config.l2),
+        accuracy=accuracy(module),
+    )

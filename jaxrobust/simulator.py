@@ -1,16 +1,10 @@
-"""Robust D-SGD with worker momentum, simulated as one jitted step per round.
+"""The run: any registered algorithm, one jitted step per round, a scanned chunk, vmapped seeds.
 
-Per round, inside one XLA program: every honest worker samples a minibatch of
-its own data (from device-resident index tables), computes its gradient
-(``vmap``), updates its momentum; the attack builds the Byzantine vectors
-from the honest ones; the defence (pre-aggregation then aggregation, an
-``optax.chain`` of jaxrobust rules) combines all ``n`` vectors; the server
-optimiser (any optax transformation) updates the parameters. With
-``local_steps > 1`` each client that trains this round runs that many local SGD
-steps instead (FedAvg-style, vmapped over the clients) and sends its model
-change divided by the local rate. A run is a
-``lax.scan`` over chunks of rounds; the host only sees chunk boundaries, where
-it evaluates. Many seeds of one configuration run as one ``vmap``-ed program.
+The algorithm (``config.algorithm``, from the ``"algorithm"`` registry) gives
+pure ``init`` and ``step`` functions (:class:`jaxrobust.algorithms.Algorithm`);
+this module never names one. A run is a ``lax.scan`` over chunks of rounds;
+the host only sees chunk boundaries, where it evaluates. Many seeds of one
+configuration run as one ``vmap``-ed program.
 """
 
 from __future__ import annotations
@@ -18,320 +12,43 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxrobust import attacks, functional, kernels, models
+from jaxrobust.algorithms.base import Algorithm, RoundMetrics, Setup, metric_fields
+from jaxrobust.algorithms.dsgd import DSGDState as RunState  # noqa: F401  (compatibility)
+from jaxrobust.algorithms.dsgd import ServerMemory  # noqa: F401  (compatibility)
 from jaxrobust.config import Config
 from jaxrobust.core import registry
+from jaxrobust.core.types import Problem
 from jaxrobust.data import datasets
-from jaxrobust.data.partition import partition, sample_batches, stack_partition
-
-PyTree = Any
-
-
-# The defence and the server optimiser live in their own modules; re-exported here.
-from jaxrobust.defence import make_defence  # noqa: E402
-from jaxrobust.server import (  # noqa: E402
+from jaxrobust.data.partition import partition, stack_partition
+from jaxrobust.defence import make_defence  # noqa: F401  (re-exported)
+from jaxrobust.models import problem_for
+from jaxrobust.server import SCHEDULES as LR_SCHEDULES  # noqa: F401  (re-exported)
+from jaxrobust.server import (  # noqa: F401  (re-exported)
     Hyper,
     hyper_of,
     lr_factor,
     make_server_optimiser,
 )
 
-# --------------------------------------------------------------------------
-# The step
-# --------------------------------------------------------------------------
+PyTree = Any
+Simulation = Algorithm  # the former name of the protocol
+StepMetrics = RoundMetrics
 
 
-class ServerMemory(NamedTuple):
-    """What the server remembers between rounds (partial participation, shift-back)."""
+def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = None) -> Algorithm:
+    """Build the registered algorithm ``config.algorithm`` for a data set and a problem.
 
-    aggregate: PyTree  # g_{k-1}, the previous aggregate
-    params: PyTree  # x_{k-1}
-    start: PyTree  # x_0
-
-
-class RunState(NamedTuple):
-    hyper: Hyper
-    indices: jax.Array  # (h, max_size) int32: each worker's examples, padded with its own
-    sizes: jax.Array  # (h,) int32: how many of each row are real
-    params: PyTree
-    momentum: PyTree  # (h, ...) honest workers' momentum
-    defence: optax.OptState
-    server: optax.OptState
-    attack: Any
-    memory: ServerMemory
-    key: jax.Array
-
-
-class StepMetrics(NamedTuple):
-    train_loss: jax.Array
-    aggregate_norm: jax.Array
-    distance_to_honest_mean: jax.Array
-    mean_honest_norm: jax.Array
-
-
-class Simulation(NamedTuple):
-    """The pure pieces of a run: ``init(key) -> state`` and ``step(state) -> (state, metrics)``."""
-
-    init: Callable[[jax.Array, jax.Array, jax.Array, Hyper], RunState]
-    step: Callable[[RunState], tuple[RunState, StepMetrics]]
-    evaluate: Callable[[PyTree], tuple[jax.Array, jax.Array]]
-
-
-class Problem(NamedTuple):
-    """What is trained: ``init(key) -> params``, ``loss(params, (x, y))``, ``accuracy``.
-
-    Built from ``config.model`` by default; pass your own to :func:`simulate`
-    to train any flax module or any pure ``loss(params, batch)``.
-    """
-
-    init: Callable[[jax.Array], PyTree]
-    loss: Callable[[PyTree, tuple], jax.Array]
-    accuracy: Callable[[PyTree, tuple], jax.Array] | None = None
-
-
-def problem_for(config: Config, dataset: datasets.Dataset, model=None) -> Problem:
-    """The :class:`Problem` of a flax module (``model``, else ``config.model`` by name)."""
-    module = models.resolve_model(config.model if model is None else model, dataset.num_classes)
-    return Problem(
-        init=lambda key: models.init_params(module, key, dataset.input_shape),
-        loss=models.cross_entropy_loss(module, config.l2),
-        accuracy=models.accuracy(module),
-    )
-
-
-def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = None) -> Simulation:
-    """Build the pure ``init`` / ``step`` / ``evaluate`` functions of a configuration.
-
-    ``config.algorithm`` names a registered algorithm (``"dsgd"``, or one of
-    :mod:`jaxrobust.algorithms`).
+    ``problem`` defaults to the config's model (:func:`jaxrobust.models.problem_for`).
     """
     problem = problem_for(config, dataset) if problem is None else problem
-    return registry("algorithm").entry(config.algorithm).factory(config, dataset, problem)
-
-
-@registry("algorithm").register("dsgd")
-def build_dsgd(config: Config, dataset: datasets.Dataset, problem: Problem) -> Simulation:
-    """Robust D-SGD with worker momentum (optionally local steps and client sampling)."""
-    h, b = config.num_honest, config.num_byzantine
-    loss_fn, accuracy_fn = problem.loss, problem.accuracy
-    n = config.num_workers
-    defence = make_defence(config)
-    server = make_server_optimiser(config)
-    attack = attacks.attack_of(config)
-    heuristic = config.clipping_heuristic
-    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    splits = {"test": (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))}
-    if dataset.x_validation is not None:
-        splits["validation"] = (
-            jnp.asarray(dataset.x_validation),
-            jnp.asarray(dataset.y_validation),
-        )
-    schedule = lr_factor(config)
-    num_classes = dataset.num_classes
-
-    def init(key, indices, sizes, hyper: Hyper):
-        key, init_key = jax.random.split(key)
-        params = problem.init(init_key)
-        momentum = jax.tree_util.tree_map(lambda p: jnp.zeros((h, *p.shape), p.dtype), params)
-        server_state = server.init(params)
-        server_state = server_state._replace(
-            hyperparams={**server_state.hyperparams, "weight_decay": hyper.weight_decay}
-        )
-        return RunState(
-            hyper,
-            indices,
-            sizes,
-            params,
-            momentum,
-            defence.init(params),
-            server_state,
-            attack.init(params),
-            ServerMemory(jax.tree_util.tree_map(jnp.zeros_like, params), params, params),
-            key,
-        )
-
-    per_worker_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0))
-    local_steps = config.local_steps
-
-    def local_vector(params, batches, local_lr):
-        """``(x - x_K) / local_lr`` after ``K`` local SGD steps from ``x``, and the mean loss.
-
-        For ``K = 1`` this is the minibatch gradient, so ``lr`` keeps its meaning.
-        """
-
-        def one(p, batch):
-            loss, grad = jax.value_and_grad(loss_fn)(p, batch)
-            return jax.tree_util.tree_map(lambda w, g: w - local_lr * g, p, grad), loss
-
-        final, losses = jax.lax.scan(one, params, batches)
-        vector = jax.tree_util.tree_map(lambda a, z: (a - z) / local_lr, params, final)
-        return jnp.mean(losses), vector
-
-    per_worker_local = jax.vmap(local_vector, in_axes=(None, 0, None))
-
-    def step(state: RunState):
-        key, batch_key, attack_key, defence_key, sample_key = jax.random.split(state.key, 5)
-        memory = state.memory
-        lr = state.hyper.lr * schedule(state.server.count)
-        beta = state.hyper.momentum
-        # Partial participation: the clients of this round, honest ones first in
-        # 0..h-1. The clients that train: every honest worker, or the sampled
-        # clients (vmapped over those only). A Byzantine slot trains on a random
-        # honest worker's data; only label flipping uses its result.
-        if config.clients_per_round is None:
-            sampled = jnp.arange(n)
-            workers = rows = jnp.arange(h)
-            indices, sizes = state.indices, state.sizes
-        else:
-            sampled = jax.random.permutation(sample_key, n)[: config.clients_per_round]
-            workers = jnp.where(sampled < h, sampled, sampled % h)
-            rows = jnp.where(sampled < h, sampled, h)  # h: dropped by the scatter
-            indices, sizes = state.indices[workers], state.sizes[workers]
-        if local_steps == 1:
-            idx = sample_batches(batch_key, indices, sizes, config.batch_size)
-            xb, yb = x_train[idx], y_train[idx]
-            losses, vectors = per_worker_grad(state.params, (xb, yb))
-
-            def flipped_vectors():
-                return per_worker_grad(state.params, (xb, num_classes - 1 - yb))[1]
-
-        else:  # FedAvg-style local steps
-            keys = jax.random.split(batch_key, local_steps)
-            idx = jax.vmap(lambda k: sample_batches(k, indices, sizes, config.batch_size))(keys)
-            xb, yb = x_train[jnp.swapaxes(idx, 0, 1)], y_train[jnp.swapaxes(idx, 0, 1)]
-            local_lr = lr if config.local_lr is None else config.local_lr
-            losses, vectors = per_worker_local(state.params, (xb, yb), local_lr)
-
-            def flipped_vectors():
-                return per_worker_local(state.params, (xb, num_classes - 1 - yb), local_lr)[1]
-
-        if config.clients_per_round is None:
-            momentum = jax.tree_util.tree_map(
-                lambda m, v: (beta * m + (1.0 - beta) * v).astype(m.dtype), state.momentum, vectors
-            )
-        else:  # only the sampled honest clients' rows move
-            momentum = jax.tree_util.tree_map(
-                lambda m, v: m.at[rows].set(
-                    (beta * m[workers] + (1.0 - beta) * v).astype(m.dtype), mode="drop"
-                ),
-                state.momentum,
-                vectors,
-            )
-            honest_slot = sampled < h  # the training loss of the honest clients
-            honest_loss = jnp.sum(jnp.where(honest_slot, losses, 0.0))
-            losses = jnp.where(
-                honest_slot.any(), honest_loss / jnp.maximum(honest_slot.sum(), 1), jnp.mean(losses)
-            )
-
-        if heuristic is not None:  # lambda_k = lambda ||x_k - x_{k-1}||, no clipping at k = 0
-            moved = optax.tree_utils.tree_norm(
-                jax.tree_util.tree_map(jnp.subtract, state.params, memory.params)
-            )
-            threshold = jnp.where(state.server.count > 0, heuristic * moved, jnp.inf)
-
-        def combine(all_vectors, defence_state):
-            """Aggregate of the sampled clients' vectors (rows 0..n-1 of ``all_vectors``)."""
-            received = all_vectors
-            if config.clients_per_round is not None:
-                received = jax.tree_util.tree_map(lambda v: v[sampled], all_vectors)
-            if heuristic is None:
-                return defence.update(received, defence_state, state.params, key=defence_key)
-            diffs = jax.tree_util.tree_map(lambda v, g: v - g[None], received, memory.aggregate)
-            clipped = functional.clip_to(diffs, threshold)
-            step_, defence_state = defence.update(
-                clipped, defence_state, state.params, key=defence_key
-            )
-            return jax.tree_util.tree_map(jnp.add, memory.aggregate, step_), defence_state
-
-        attack_state = state.attack
-        if b > 0:
-            flipped = None
-            if attack.needs_flipped_labels:
-                flipped = flipped_vectors()
-            shift, majority = None, None
-            if attack.needs_shift_back:
-                # The aggregate that makes the next SGD step land on x_0.
-                shift = jax.tree_util.tree_map(
-                    lambda x, x0: (x - x0) / lr - state.hyper.weight_decay * x,
-                    state.params,
-                    memory.start,
-                )
-                majority = 2 * jnp.sum(sampled >= h) > sampled.shape[0]
-
-            def defence_fn(vectors):
-                return combine(vectors, state.defence)[0]
-
-            inputs = attacks.AttackInput(
-                momentum,
-                b,
-                attack_key,
-                flipped,
-                defence_fn if attack.needs_defence else None,
-                shift,
-                majority,
-            )
-            byzantine, attack_state = attack.apply(inputs, attack_state)
-            everyone = jax.tree_util.tree_map(
-                lambda m, z: jnp.concatenate([m, z.astype(m.dtype)]), momentum, byzantine
-            )
-        else:
-            everyone = momentum
-        aggregate, defence_state = combine(everyone, state.defence)
-        server_state = state.server._replace(
-            hyperparams={**state.server.hyperparams, "learning_rate": lr}
-        )
-        updates, server_state = server.update(aggregate, server_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        honest_mean = attacks.honest_mean(momentum)
-        diff = jax.tree_util.tree_map(jnp.subtract, aggregate, honest_mean)
-        metrics = StepMetrics(
-            train_loss=jnp.mean(losses),
-            aggregate_norm=optax.tree_utils.tree_norm(aggregate),
-            distance_to_honest_mean=optax.tree_utils.tree_norm(diff),
-            mean_honest_norm=jnp.mean(kernels.worker_norms(momentum)),
-        )
-        new_state = RunState(
-            state.hyper,
-            state.indices,
-            state.sizes,
-            params,
-            momentum,
-            defence_state,
-            server_state,
-            attack_state,
-            ServerMemory(aggregate, state.params, memory.start),
-            key,
-        )
-        return new_state, metrics
-
-    def evaluate_on(params, x, y):
-        size = x.shape[0]
-        chunk = min(size, 1000)
-        total_loss, total_correct = 0.0, 0.0
-        for start in range(0, size, chunk):
-            batch = (x[start : start + chunk], y[start : start + chunk])
-            m = batch[1].shape[0]
-            total_loss += loss_fn(params, batch) * m
-            if accuracy_fn is not None:
-                total_correct += accuracy_fn(params, batch) * m
-            else:
-                total_correct = jnp.nan
-        return total_correct / size, total_loss / size
-
-    def evaluate(params):
-        out = {}
-        for name, (x, y) in splits.items():
-            out[f"{name}_accuracy"], out[f"{name}_loss"] = evaluate_on(params, x, y)
-        return out
-
-    return Simulation(init, step, evaluate)
+    factory = registry("algorithm").entry(config.algorithm).factory
+    return factory(Setup(config, dataset, problem))
 
 
 # --------------------------------------------------------------------------
@@ -527,39 +244,58 @@ def iterate(
     config: Config,
     dataset: datasets.Dataset | None = None,
     problem: Problem | None = None,
-) -> Iterator[tuple[int, list[dict], RunState]]:
+) -> Iterator[tuple[int, list[dict], Any]]:
     """Run a configuration, yielding ``(step, rows, states)`` at every evaluation."""
+    for done, rows, states, _ in _iterate(config, dataset, problem):
+        yield done, rows, states
+
+
+def _iterate(config: Config, dataset: datasets.Dataset | None, problem: Problem | None):
     config.validate()
     dataset = load_for(config) if dataset is None else with_validation_split(config, dataset)
-    init, chunk, evaluate, _ = compiled_run(config, dataset, problem)
+    init, chunk, evaluate, sim = compiled_run(config, dataset, problem)
     seeds = config.seed + np.arange(config.seeds)
     states = initial_states(config, dataset, init, seeds)
     for done in range(config.eval_every, config.steps + 1, config.eval_every):
         states, metrics = chunk(states)
-        measured = measurements(metrics, evaluate(states.params))
+        measured = measurements(metrics, evaluate(params_of(sim, states)))
         rows = [
             {"seed": int(seed), "step": done, **m} for seed, m in zip(seeds, measured, strict=True)
         ]
-        yield done, rows, states
+        yield done, rows, states, sim
 
 
-def measurements(metrics: StepMetrics, evaluation: dict) -> list[dict[str, float]]:
+def params_of(sim: Algorithm, states) -> PyTree:
+    """The evaluated parameters of every run of a batch of states (leading axis: runs)."""
+    return jax.vmap(sim.params)(states)
+
+
+def metric_columns(algorithm_names=()) -> tuple[str, ...]:
+    """The columns of ``metrics.csv``: :data:`METRIC_COLUMNS`, then every further field
+    that the named algorithms declare (``factory.metrics``), in order."""
+    extra = []
+    for name in algorithm_names:
+        for field in metric_fields(registry("algorithm").entry(name).factory):
+            if field not in METRIC_COLUMNS and field not in extra:
+                extra.append(field)
+    return (*METRIC_COLUMNS, *extra)
+
+
+def measurements(metrics, evaluation: dict) -> list[dict[str, float]]:
     """One dict of metric values per run, from a chunk's metrics and an evaluation.
 
-    Columns without a measurement (no validation split) hold NaN.
+    Every field of ``metrics`` (a NamedTuple of per-run arrays) and of
+    ``evaluation`` is kept; the columns of :data:`METRIC_COLUMNS` without a
+    measurement (no validation split) hold NaN.
     """
     metrics, evaluation = jax.device_get((metrics, evaluation))
-    runs = len(metrics.train_loss)
     values = {**metrics._asdict(), **evaluation}
-    out = []
-    for r in range(runs):
-        out.append(
-            {
-                name: float(values[name][r]) if name in values else float("nan")
-                for name in METRIC_COLUMNS[2:]
-            }
-        )
-    return out
+    runs = len(next(iter(values.values())))
+    names = [*METRIC_COLUMNS[2:], *(k for k in values if k not in METRIC_COLUMNS)]
+    return [
+        {name: float(values[name][r]) if name in values else float("nan") for name in names}
+        for r in range(runs)
+    ]
 
 
 def load_for(config: Config) -> datasets.Dataset:
@@ -598,10 +334,10 @@ def simulate(
     results to disk, print progress, ...).
     """
     start = time.perf_counter()
-    rows, states = [], None
-    for step, new_rows, final_states in iterate(config, dataset, problem):
-        states = final_states
+    rows, params = [], None
+    for step, new_rows, states, sim in _iterate(config, dataset, problem):
+        params = params_of(sim, states)
         rows.extend(new_rows)
         if on_evaluation is not None:
             on_evaluation(step, new_rows)
-    return RunResult(config, rows, states.params, time.perf_counter() - start)
+    return RunResult(config, rows, params, time.perf_counter() - start)

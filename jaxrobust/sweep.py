@@ -62,6 +62,7 @@ import yaml
 from jax.sharding import Mesh
 
 from jaxrobust import distributed, simulator
+from jaxrobust.algorithms.base import check_setting
 from jaxrobust.config import Config, coerce, field_types
 from jaxrobust.data import datasets
 
@@ -223,19 +224,18 @@ def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[
 
 
 def check_defences(units: Sequence[Unit]) -> None:
-    """Build every D-SGD defence of the grid once, so that a rule's bound (``krum needs
-    n > 2f + 2``) fails the sweep before anything runs, not when its group comes up."""
+    """Check every defence of the grid once (each algorithm's :func:`check_setting`), so
+    that a rule's bound (``krum needs n > 2f + 2``) fails the sweep before anything
+    runs, not when its group comes up."""
     seen = set()
     for unit in units:
         c = unit.config
-        if c.algorithm != "dsgd":
-            continue
-        key = (c.defence, c.received_count, c.defence_f)
+        key = (c.algorithm, c.defence, c.received_count, c.defence_f, repr(c.algorithm_options))
         if key in seen:
             continue
         seen.add(key)
         try:
-            simulator.make_defence(c)
+            check_setting(c)
         except ValueError as exc:
             raise ValueError(
                 f"grid point {unit.grid_values}: {exc}; take it out of the grid"
@@ -341,7 +341,7 @@ def iterate_batch(
     rows do not. ``width``: the partition tables' columns (see
     :func:`batch_states`).
     """
-    init, chunk, evaluate, _ = compiled
+    init, chunk, evaluate, sim = compiled
     mesh = resolve_mesh(mesh)
     config = units[0].config
     runs = list(units)
@@ -351,7 +351,9 @@ def iterate_batch(
     states = batch_states(runs, dataset, init, mesh, width)
     for done in range(config.eval_every, config.steps + 1, config.eval_every):
         states, metrics = chunk(states)
-        measured = simulator.measurements(metrics, evaluate(states.params))[: len(units)]
+        measured = simulator.measurements(metrics, evaluate(simulator.params_of(sim, states)))[
+            : len(units)
+        ]
         rows = []
         for unit, values in zip(units, measured, strict=True):
             row = {"run_id": unit.run_id, **unit.grid_values, "seed": unit.config.seed}
@@ -438,7 +440,9 @@ def choose_batch(per_unit: int, available: int, max_batch: int | None, fraction=
 def columns(sweep: Sweep) -> list[str]:
     """``runs.csv``'s header: the run id, the grid's fields (:meth:`Sweep.fields`), the
     seed and the measurements."""
-    return ["run_id", *sweep.fields(), "seed", *simulator.METRIC_COLUMNS[1:]]
+    algorithms = {u.config.algorithm for u in sweep.units()}
+    names = [a for a in simulator.registry("algorithm") if a in algorithms]
+    return ["run_id", *sweep.fields(), "seed", *simulator.metric_columns(names)[1:]]
 
 
 def completed_runs(path: str, header: list[str], steps: int) -> set[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from jaxrobust import models, optimum, simulator
+from jaxrobust import functional, models, optimum, simulator
 from jaxrobust.algorithms import marina_pp
 from jaxrobust.config import Config
 from jaxrobust.data import datasets
@@ -102,7 +102,7 @@ def test_clipping_bound_holds(rng):
     v["a"][3] *= 1e-3
     v["b"][3] *= 1e-3
     for lam in [0.0, 0.1, 2.0, 100.0]:
-        out = marina_pp.clip_rows(jax.tree.map(jnp.asarray, v), jnp.float32(lam))
+        out = functional.clip_to(jax.tree.map(jnp.asarray, v), jnp.float32(lam))
         rows = np.concatenate(
             [np.asarray(out["a"]).reshape(6, -1), np.asarray(out["b"]).reshape(6, -1)], 1
         )

@@ -1,24 +1,21 @@
-"""Algorithms beyond Robust D-SGD: partial participation, compression, variance reduction.
+"""Algorithms: each a registered factory ``factory(setup) -> Algorithm``.
 
-Each module registers ``build(config, dataset, problem) -> simulator.Simulation``
-in the ``"algorithm"`` registry: the same pure ``init`` / ``step`` /
-``evaluate`` triple as D-SGD, so runs, seeds and sweeps treat every algorithm
-alike. A state must carry ``params`` (evaluated at chunk boundaries).
+Robust D-SGD (``dsgd``), Byz-VR-MARINA-PP (``marina_pp``), Byz-EF21-SGDM and
+its baselines (``byz_ef21_sgdm``, ``byz_ef21``, ``br_csgd``). Every one
+shares the protocol and the robust round of :mod:`jaxrobust.algorithms.base`,
+so runs, seeds and sweeps treat every algorithm alike.
 """
 
 from __future__ import annotations
 
-from jaxrobust.core import registry
+from jaxrobust.algorithms import dsgd, ef21, marina_pp  # noqa: F401  (register the built-ins)
+from jaxrobust.algorithms.base import (
+    Algorithm,
+    RoundMetrics,
+    Setup,
+    metric_fields,
+    robust_round,
+    round_metrics,
+)
 
-BUILDERS = registry("algorithm")
-
-
-def register(name: str):
-    return BUILDERS.register(name)
-
-
-def build(config, dataset, problem):
-    return BUILDERS.entry(config.algorithm).factory(config, dataset, problem)
-
-
-from jaxrobust.algorithms import ef21, marina_pp  # noqa: E402, F401  (register the built-ins)
+__all__ = ["Algorithm", "RoundMetrics", "Setup", "metric_fields", "robust_round", "round_metrics"]

@@ -90,12 +90,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrobust import attacks, compression, kernels, simulator
-from jaxrobust.algorithms import register
+from jaxrobust import attacks, compression
+from jaxrobust.algorithms.base import Algorithm, Setup, robust_round, round_metrics
 from jaxrobust.compression import contractive
-from jaxrobust.config import Config
-from jaxrobust.data import datasets
+from jaxrobust.core import registry, tree
 from jaxrobust.data.partition import sample_batches
+from jaxrobust.defence import make_defence
+from jaxrobust.evaluation import epochs_at, full_loss
+from jaxrobust.server import Hyper, lr_factor, make_server_optimiser, server_init, server_update
+from jaxrobust.workers import flip_labels, momentum_update, per_worker_gradients
 
 PyTree = Any
 
@@ -106,7 +109,7 @@ TRAIN_LOSSES = ("minibatch", "full")
 class EF21State(NamedTuple):
     """One run's state. Worker-stacked leaves have ``h`` (workers) or ``n`` (server) rows."""
 
-    hyper: simulator.Hyper
+    hyper: Hyper
     indices: jax.Array  # (h, max_size) int32
     sizes: jax.Array  # (h,) int32
     params: PyTree
@@ -123,6 +126,8 @@ class EF21State(NamedTuple):
 
 
 class EF21Metrics(NamedTuple):
+    """:class:`~jaxrobust.algorithms.base.RoundMetrics`, the bits sent and the epochs done."""
+
     train_loss: jax.Array
     aggregate_norm: jax.Array
     distance_to_honest_mean: jax.Array
@@ -131,55 +136,9 @@ class EF21Metrics(NamedTuple):
     epochs: jax.Array
 
 
-def _zeros(params: PyTree, rows: int) -> PyTree:
-    return jax.tree_util.tree_map(lambda p: jnp.zeros((rows, *p.shape), p.dtype), params)
-
-
-def _add(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: (a + b).astype(a.dtype), x, y)
-
-
-def _sub(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: (a - b).astype(a.dtype), x, y)
-
-
-def _ema(beta: jax.Array, v: PyTree, g: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda m, x: (beta * m + (1.0 - beta) * x).astype(m.dtype), v, g)
-
-
-def _concat(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), x, y)
-
-
-def flip_labels(y: jax.Array, num_classes: int) -> jax.Array:
-    """``C - 1 - y``; binary data (``C <= 2``, one logit or two) flips to ``1 - y``."""
-    return (max(num_classes, 2) - 1 - y).astype(y.dtype)
-
-
-def full_loss(loss_fn, params: PyTree, x: jax.Array, y: jax.Array, chunk: int = 4096):
-    """``loss_fn`` on the whole of ``(x, y)``, in chunks (example-weighted mean)."""
-    size = x.shape[0]
-    total = 0.0
-    for start in range(0, size, chunk):
-        part = (x[start : start + chunk], y[start : start + chunk])
-        total += loss_fn(params, part) * part[1].shape[0]
-    return total / size
-
-
-def epochs_at(rounds, batch_size: int, sizes) -> jax.Array:
-    """Honest gradient computations after ``rounds`` rounds over the honest workers' examples."""
-    h = sizes.shape[-1]
-    return rounds * (batch_size * h) / jnp.sum(sizes, axis=-1).astype(jnp.float32)
-
-
-def _build(
-    config: Config,
-    dataset: datasets.Dataset,
-    problem: simulator.Problem,
-    *,
-    kind: str,
-) -> simulator.Simulation:
+def _build(setup: Setup, *, kind: str) -> Algorithm:
     """``kind``: ``"ef21_sgdm"``, ``"ef21"`` (beta = 0) or ``"csgd"``."""
+    config, problem = setup.config, setup.problem
     h, b = config.num_honest, config.num_byzantine
     options = dict(config.algorithm_options)
     init_mode = options.pop("init", "gradient")
@@ -207,15 +166,14 @@ def _build(
     compressor = compression.make_compressor(config.compressor, **config.compressor_options)
     if ef21 and rescale and compressor.unbiased:
         compressor = contractive(compressor)
-    defence = simulator.make_defence(config)
-    server = simulator.make_server_optimiser(config)
-    schedule = simulator.lr_factor(config)
+    defence = make_defence(config)
+    server = make_server_optimiser(config)
+    schedule = lr_factor(config)
     attack = attacks.attack_of(config)
     shadow = b > 0 and attack.needs_flipped_labels
-    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    num_classes = dataset.num_classes
-    # The DSGD build's evaluation (test / validation splits) is reused as is.
-    evaluate_splits = simulator.build(config.replace(algorithm="dsgd"), dataset, problem).evaluate
+    x_train, y_train = setup.x_train, setup.y_train
+    num_classes = setup.num_classes
+    evaluate_splits = setup.evaluate()
 
     def evaluate(params):
         out = evaluate_splits(params)
@@ -223,32 +181,29 @@ def _build(
             out["train_loss"] = full_loss(problem.loss, params, x_train, y_train)
         return out
 
-    per_worker_grad = jax.vmap(jax.value_and_grad(problem.loss), in_axes=(None, 0))
+    per_worker_grad = per_worker_gradients(problem.loss)
 
     def batch(key, indices, sizes):
         idx = sample_batches(key, indices, sizes, config.batch_size)
         return x_train[idx], y_train[idx]
 
-    def init(key, indices, sizes, hyper: simulator.Hyper) -> EF21State:
+    def init(key, indices, sizes, hyper: Hyper) -> EF21State:
         key, init_key, grad_key = jax.random.split(key, 3)
         params = problem.init(init_key)
-        momentum = _zeros(params, h)
+        momentum = tree.zeros(params, h)
         flipped_momentum = flipped_g = ()
         if shadow and ef21:
-            flipped_momentum = _zeros(params, h)
+            flipped_momentum = tree.zeros(params, h)
         if ef21 and init_mode == "gradient":
             xb, yb = batch(grad_key, indices, sizes)
             _, momentum = per_worker_grad(params, (xb, yb))
             if shadow:
                 _, flipped_momentum = per_worker_grad(params, (xb, flip_labels(yb, num_classes)))
         worker_g = momentum
-        server_g = _concat(momentum, _zeros(params, b))
+        server_g = tree.concat(momentum, tree.zeros(params, b))
         if shadow and ef21:
             flipped_g = flipped_momentum
-        server_state = server.init(params)
-        server_state = server_state._replace(
-            hyperparams={**server_state.hyperparams, "weight_decay": hyper.weight_decay}
-        )
+        server_state = server_init(server, params, hyper)
         return EF21State(
             hyper,
             indices,
@@ -280,57 +235,47 @@ def _build(
         flipped = None
         if ef21:
             beta = state.hyper.momentum if kind == "ef21_sgdm" else jnp.zeros((), jnp.float32)
-            momentum = _ema(beta, momentum, grads)
+            momentum = momentum_update(beta, momentum, grads)
             messages, bits = compression.compress_workers(
-                compressor, compress_key, _sub(momentum, worker_g)
+                compressor, compress_key, tree.sub(momentum, worker_g)
             )
-            worker_g = _add(worker_g, messages)  # the workers' update ...
-            honest = _add(jax.tree_util.tree_map(lambda s: s[:h], server_g), messages)  # server's
+            worker_g = tree.add(worker_g, messages)  # the workers' update ...
+            honest = tree.add(
+                jax.tree_util.tree_map(lambda s: s[:h], server_g), messages
+            )  # server's
             if shadow:
-                flipped_momentum = _ema(beta, flipped_momentum, flipped_grads)
+                flipped_momentum = momentum_update(beta, flipped_momentum, flipped_grads)
                 flipped_messages, _ = compression.compress_workers(
-                    compressor, flip_key, _sub(flipped_momentum, flipped_g)
+                    compressor, flip_key, tree.sub(flipped_momentum, flipped_g)
                 )
-                flipped_g = _add(flipped_g, flipped_messages)
+                flipped_g = tree.add(flipped_g, flipped_messages)
                 flipped = flipped_g
         else:
             honest, bits = compression.compress_workers(compressor, compress_key, grads)
             if shadow:
                 flipped, _ = compression.compress_workers(compressor, flip_key, flipped_grads)
 
-        defence_state, attack_state = state.defence, state.attack
-        if b > 0:
+        def aggregate(received):
+            return defence.update(received, state.defence, state.params, key=defence_key)
 
-            def defence_fn(vectors):
-                return defence.update(vectors, defence_state, state.params, key=defence_key)[0]
-
-            inputs = attacks.AttackInput(
-                honest, b, attack_key, flipped, defence_fn if attack.needs_defence else None
-            )
-            targets, attack_state = attack.apply(inputs, attack_state)
-            # EF21: the Byzantine message is c_j = target_j - g_j (server's copy), so the
-            # reconstructed state g_j + c_j is the target (up to float rounding: set exactly).
-            received = _concat(honest, targets)
-        else:
-            received = honest
+        # EF21: the Byzantine message is c_j = target_j - g_j (server's copy), so the
+        # reconstructed state g_j + c_j is the target (up to float rounding: set exactly).
+        aggregated, defence_state, attack_state, received = robust_round(
+            honest,
+            attack=attack,
+            attack_state=state.attack,
+            num_byzantine=b,
+            key=attack_key,
+            aggregate=aggregate,
+            flipped=flipped,
+        )
         if ef21:
             server_g = received
-        aggregate, defence_state = defence.update(
-            received, defence_state, state.params, key=defence_key
-        )
         lr = state.hyper.lr * schedule(state.server.count)
-        server_state = state.server._replace(
-            hyperparams={**state.server.hyperparams, "learning_rate": lr}
-        )
-        updates, server_state = server.update(aggregate, server_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, server_state = server_update(server, state.server, aggregated, state.params, lr)
         rounds = state.rounds + 1
-        diff = jax.tree_util.tree_map(jnp.subtract, aggregate, attacks.honest_mean(honest))
         metrics = EF21Metrics(
-            train_loss=jnp.mean(losses),
-            aggregate_norm=optax.tree_utils.tree_norm(aggregate),
-            distance_to_honest_mean=optax.tree_utils.tree_norm(diff),
-            mean_honest_norm=jnp.mean(kernels.worker_norms(honest)),
+            *round_metrics(aggregated, honest, losses),
             bits_sent=jnp.sum(bits),
             epochs=epochs_at(rounds, config.batch_size, state.sizes),
         )
@@ -352,22 +297,26 @@ def _build(
         )
         return new_state, metrics
 
-    return simulator.Simulation(init, step, evaluate)
+    return Algorithm(init, step, evaluate)
 
 
-@register("byz_ef21_sgdm")
-def build_byz_ef21_sgdm(config, dataset, problem) -> simulator.Simulation:
+@registry("algorithm").register("byz_ef21_sgdm")
+def byz_ef21_sgdm(setup: Setup) -> Algorithm:
     """Byz-EF21-SGDM: EF21 on worker momentum, robust aggregation of the states."""
-    return _build(config, dataset, problem, kind="ef21_sgdm")
+    return _build(setup, kind="ef21_sgdm")
 
 
-@register("byz_ef21")
-def build_byz_ef21(config, dataset, problem) -> simulator.Simulation:
+@registry("algorithm").register("byz_ef21")
+def byz_ef21(setup: Setup) -> Algorithm:
     """Byz-EF21: EF21 on the stochastic gradients (Byz-EF21-SGDM with ``beta = 0``)."""
-    return _build(config, dataset, problem, kind="ef21")
+    return _build(setup, kind="ef21")
 
 
-@register("br_csgd")
-def build_br_csgd(config, dataset, problem) -> simulator.Simulation:
+@registry("algorithm").register("br_csgd")
+def br_csgd(setup: Setup) -> Algorithm:
     """BR-CSGD: robust aggregation of the compressed stochastic gradients ``C(grad_i)``."""
-    return _build(config, dataset, problem, kind="csgd")
+    return _build(setup, kind="csgd")
+
+
+for _factory in (byz_ef21_sgdm, byz_ef21, br_csgd):
+    _factory.metrics = EF21Metrics

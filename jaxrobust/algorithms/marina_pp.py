@@ -149,11 +149,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrobust import aggregators, attacks, compression, kernels, models, simulator
-from jaxrobust.algorithms import register
+from jaxrobust import aggregators, attacks, compression, functional, kernels, models
+from jaxrobust.algorithms.base import Algorithm, Setup, robust_round
 from jaxrobust.config import Config
-from jaxrobust.data import datasets
+from jaxrobust.core import registry, tree
+from jaxrobust.core.types import Problem
 from jaxrobust.data.partition import sample_batches
+from jaxrobust.defence import make_defence
+from jaxrobust.evaluation import evaluator
+from jaxrobust.server import Hyper
+from jaxrobust.workers import flip_labels
 
 PyTree = Any
 
@@ -178,7 +183,7 @@ SHIFT_BACK = "shift_back"
 
 
 class MarinaPPState(NamedTuple):
-    hyper: simulator.Hyper
+    hyper: Hyper
     indices: jax.Array  # (h, max_size) int32
     sizes: jax.Array  # (h,) int32
     params: PyTree  # x_k (the iterate the next round starts from)
@@ -208,51 +213,7 @@ class MarinaPPMetrics(NamedTuple):
 # --------------------------------------------------------------------------
 
 
-def clip_rows(stacked: PyTree, lam: jax.Array) -> PyTree:
-    """``v_j min(1, lam / ||v_j||)`` for every row; a non-finite row becomes zero.
-
-    ``lam = 0`` sends every row to zero. The norm is over all leaves of a row.
-    """
-    norms = kernels.worker_norms(stacked)
-    finite = jnp.isfinite(norms)
-    safe = jnp.where(finite & (norms > 0), norms, 1.0)
-    factor = jnp.where(norms > lam, lam / safe, 1.0)
-
-    def one(leaf):
-        shape = (-1,) + (1,) * (leaf.ndim - 1)
-        out = leaf * factor.reshape(shape).astype(leaf.dtype)
-        return jnp.where(finite.reshape(shape), out, jnp.zeros((), leaf.dtype))
-
-    return jax.tree_util.tree_map(one, stacked)
-
-
-def tree_norm(tree: PyTree) -> jax.Array:
-    return optax.tree_utils.tree_norm(tree)
-
-
-def _sub(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: (a - b).astype(a.dtype), x, y)
-
-
-def _add(x: PyTree, y: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: (a + b).astype(a.dtype), x, y)
-
-
-def _rows(tree: PyTree, index: jax.Array) -> PyTree:
-    return jax.tree_util.tree_map(lambda v: v[index], tree)
-
-
-def _select_rows(mask: jax.Array, a: PyTree, b: PyTree) -> PyTree:
-    """Row ``j`` of ``a`` where ``mask[j]``, else of ``b``."""
-
-    def one(x, y):
-        return jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, y.astype(x.dtype))
-
-    return jax.tree_util.tree_map(one, a, b)
-
-
-def _broadcast(vector: PyTree, rows: int) -> PyTree:
-    return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (rows, *v.shape)), vector)
+tree_norm = optax.tree_utils.tree_norm
 
 
 def masked_mean(mask: jax.Array, stacked: PyTree) -> PyTree:
@@ -283,9 +244,8 @@ def shift_back_vector(
     Full round: ``g_{k+1} = agg``, so ``agg = (x_{k+1} - x_0) / gamma``.
     Difference round: ``g_{k+1} = g_k + agg``, so ``agg = (x_{k+1} - x_0) / gamma - g_k``.
     """
-    inv = jnp.where(gamma > 0, 1.0 / jnp.where(gamma > 0, gamma, 1.0), 0.0)
-    target = jax.tree_util.tree_map(lambda a, b: (a - b) * inv, x_next, x0)
-    return _sub(target, g) if difference_round else target
+    target = attacks.shift_back_target(x_next, x0, gamma)
+    return tree.sub(target, g) if difference_round else target
 
 
 def default_p(config: Config, local_size: float, d: int, compressor) -> float:
@@ -303,30 +263,26 @@ def defence_for(config: Config, size: int) -> tuple[optax.GradientTransformation
     """The config's defence chain for ``size`` inputs, with the largest valid ``f``.
 
     ``f`` is the largest value ``<= min(config.defence_f, size)`` whose chain
-    :func:`jaxrobust.simulator.make_defence` accepts for ``(size, f)``: the
+    :func:`jaxrobust.defence.make_defence` accepts for ``(size, f)``: the
     rules' bounds (``n > 2f``, ``n > 2f + 2``, Bucketing's reduction of
     ``n``, MDA's subset limit, ...) are checked where they are defined.
     """
     last = None
     for f in range(min(config.defence_f, size), -1, -1):
         try:
-            return simulator.make_defence(config, size, f=f), f
+            return make_defence(config, size, f=f), f
         except ValueError as err:
             last = err
     raise ValueError(f"defence {list(config.defence)} cannot take {size} inputs: {last}")
 
 
-def _binary_problem(dataset: datasets.Dataset, l2: float) -> simulator.Problem:
+def _binary_problem(dataset, l2: float) -> Problem:
     module = models.LogisticRegression(num_classes=1)
-    return simulator.Problem(
+    return Problem(
         init=lambda key: models.init_params(module, key, dataset.input_shape),
         loss=models.cross_entropy_loss(module, l2),
         accuracy=models.accuracy(module),
     )
-
-
-def _flip(y: jax.Array, num_classes: int) -> jax.Array:
-    return (max(num_classes, 2) - 1 - y).astype(y.dtype)
 
 
 def _padded_chunks(x: np.ndarray, y: np.ndarray, chunk: int):
@@ -351,11 +307,10 @@ def _padded_chunks(x: np.ndarray, y: np.ndarray, chunk: int):
 # --------------------------------------------------------------------------
 
 
-@register("marina_pp")
-def build(
-    config: Config, dataset: datasets.Dataset, problem: simulator.Problem
-) -> simulator.Simulation:
-    """Byz-VR-MARINA-PP (and PP+) as a :class:`jaxrobust.simulator.Simulation`."""
+@registry("algorithm").register("marina_pp")
+def build(setup: Setup) -> Algorithm:
+    """Byz-VR-MARINA-PP (and PP+): clipped gradient differences under partial participation."""
+    config, dataset, problem = setup.config, setup.dataset, setup.problem
     options = dict(config.algorithm_options)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -483,7 +438,7 @@ def build(
 
     def segment_integral(params):
         """``f(x) - f(x*) = int_0^1 <grad f(x* + t delta), delta> dt``, Gauss-Legendre."""
-        delta = _sub(params, params_star)
+        delta = tree.sub(params, params_star)
         total = 0.0
         for node, weight in zip(GL_NODES, GL_WEIGHTS, strict=True):
             point = jax.tree_util.tree_map(lambda s, dl, t=node: s + t * dl, params_star, delta)
@@ -497,10 +452,7 @@ def build(
             total = total + weight * inner
         return total
 
-    dsgd_config = config.replace(
-        algorithm="dsgd", attack="none", attack_options={}, defence=("mean",)
-    )
-    evaluate_splits = simulator.build(dsgd_config, dataset, problem).evaluate
+    evaluate_splits = evaluator(problem, dataset)
 
     def evaluate(params):
         out = evaluate_splits(params)
@@ -524,14 +476,14 @@ def build(
         """Each slot's full local gradient at ``params``: ``(losses, grads)``, ``S`` rows."""
         size = workers.shape[0]
         if shared:
-            y = _flip(y_train, num_classes) if flip else y_train
+            y = flip_labels(y_train, num_classes) if flip else y_train
             value, grad = jax.value_and_grad(loss_fn)(params, (x_train, y))
-            return jnp.broadcast_to(value, (size,)), _broadcast(grad, size)
+            return jnp.broadcast_to(value, (size,)), tree.broadcast(grad, size)
         rows = data_row(workers)
         idx = indices[rows]  # (S, width)
         width = idx.shape[1]
         ws = (jnp.arange(width)[None] < sizes[rows][:, None]) / sizes[rows][:, None]
-        ys = _flip(y_train[idx], num_classes) if flip else y_train[idx]
+        ys = flip_labels(y_train[idx], num_classes) if flip else y_train[idx]
         return jax.vmap(weighted_grad, in_axes=(None, 0, 0, 0))(
             params, x_train[idx], ys, ws.astype(jnp.float32)
         )
@@ -545,13 +497,13 @@ def build(
 
     def differences(x_new, x_old, idx, flip):
         """``grad f(x_new; B_j) - grad f(x_old; B_j)``, the same batch ``B_j`` at both points."""
-        ys = _flip(y_train[idx], num_classes) if flip else y_train[idx]
+        ys = flip_labels(y_train[idx], num_classes) if flip else y_train[idx]
         xs = x_train[idx]
 
         def one(xb, yb):
             value, g_new = jax.value_and_grad(loss_fn)(x_new, (xb, yb))
             g_old = jax.grad(loss_fn)(x_old, (xb, yb))
-            return value, _sub(g_new, g_old)
+            return value, tree.sub(g_new, g_old)
 
         return jax.vmap(one)(xs, ys)
 
@@ -567,37 +519,41 @@ def build(
     # ---------------- Byzantine vectors
     b_att = {size: max(1, min(size, round(size * nb / n))) for size in {C, C_hat}}
 
-    def byzantine_vectors(
-        would_send, flipped, is_byz, key, attack_state, aggregate_of, shift_vector
-    ):
-        """The received rows: Byzantine slots replaced; returns ``(received, state, fired)``."""
+    def attacked_round(would_send, flipped, is_byz, key, attack_state, aggregate, shift_vector):
+        """Byzantine slots replaced, then the defence.
+
+        Returns ``(aggregate, defence_state, received, attack_state, fired)``;
+        ``aggregate(received) -> (aggregate, defence_state)`` is the round's defence.
+        """
         size = is_byz.shape[0]
-        if nb == 0:
-            return would_send, attack_state, jnp.zeros((), bool)
-        if shift_back:
-            fired = jnp.sum(is_byz) > threshold * size
-            vec = _broadcast(shift_vector, size)
-            return _select_rows(is_byz & fired, vec, would_send), attack_state, fired
+        if nb == 0 or shift_back:
+            fired = jnp.zeros((), bool)
+            received = would_send
+            if nb > 0:  # shift-back: every sampled Byzantine client sends the same vector
+                fired = jnp.sum(is_byz) > threshold * size
+                vec = tree.broadcast(shift_vector, size)
+                received = tree.select_rows(is_byz & fired, vec, would_send)
+            return (*aggregate(received), received, attack_state, fired)
         view = cyclic_honest_view(is_byz)
-        honest = _rows(would_send, view)
-        flipped_view = None if flipped is None else _rows(flipped, view)
+        flipped_view = None if flipped is None else tree.rows(flipped, view)
         count = b_att[size]
         # The k-th sampled Byzantine slot takes attack vector k mod count.
         rank = (jnp.cumsum(is_byz) - 1) % count
 
         def assemble(byz_rows):
-            return _select_rows(is_byz, _rows(byz_rows, rank), would_send)
+            return tree.select_rows(is_byz, tree.rows(byz_rows, rank), would_send)
 
-        defence_fn = None
-        if attack.needs_defence:
-
-            def defence_fn(vectors):
-                byz_rows = jax.tree_util.tree_map(lambda v: v[size:], vectors)
-                return aggregate_of(assemble(byz_rows))
-
-        inputs = attacks.AttackInput(honest, count, key, flipped_view, defence_fn)
-        byz_rows, attack_state = attack.apply(inputs, attack_state)
-        return assemble(byz_rows), attack_state, jnp.any(is_byz)
+        aggregated, defence_state, attack_state, received = robust_round(
+            tree.rows(would_send, view),
+            attack=attack,
+            attack_state=attack_state,
+            num_byzantine=count,
+            key=key,
+            aggregate=aggregate,
+            assemble=assemble,
+            flipped=flipped_view,
+        )
+        return aggregated, defence_state, received, attack_state, jnp.any(is_byz)
 
     def round_metrics(aggregate, received, good, losses):
         """``(train_loss, distance_to_honest_mean, mean_honest_norm, aggregate_norm)``."""
@@ -606,7 +562,7 @@ def build(
         count = jnp.sum(good)
         mean_norm = jnp.sum(jnp.where(good, norms, 0.0)) / jnp.maximum(count, 1)
         # 0 (not NaN) in a round without a good client: the simulator averages rounds.
-        distance = jnp.where(count > 0, tree_norm(_sub(aggregate, honest_mean)), 0.0)
+        distance = jnp.where(count > 0, tree_norm(tree.sub(aggregate, honest_mean)), 0.0)
         return (
             jnp.mean(losses).astype(jnp.float32),
             distance.astype(jnp.float32),
@@ -615,7 +571,7 @@ def build(
         )
 
     # ---------------- init and step
-    def init(key, indices, sizes, hyper: simulator.Hyper) -> MarinaPPState:
+    def init(key, indices, sizes, hyper: Hyper) -> MarinaPPState:
         key, init_key = jax.random.split(key)
         params = problem.init(init_key)
         if init_mode == "gradient":
@@ -649,7 +605,7 @@ def build(
         )
         gamma = state.hyper.lr
         x_old = state.params
-        x_new = _sub(x_old, jax.tree_util.tree_map(lambda g: gamma * g, state.g))
+        x_new = tree.sub(x_old, jax.tree_util.tree_map(lambda g: gamma * g, state.g))
         full = jax.random.bernoulli(coin_key, p)
         total_examples = total_honest_examples(state.sizes)
 
@@ -662,16 +618,13 @@ def build(
                 _, flipped = full_gradients(x_new, workers, state.indices, state.sizes, True)
 
             def aggregate_of(received):
-                return defence_hat.update(received, state.defence_full, x_new, key=def_key)[0]
+                return defence_hat.update(received, state.defence_full, x_new, key=def_key)
 
             shift = (
                 shift_back_vector(x_new, state.x0, state.g, gamma, False) if shift_back else None
             )
-            received, attack_state, fired = byzantine_vectors(
+            aggregate, defence_full, received, attack_state, fired = attacked_round(
                 would_send, flipped, is_byz, att_key, state.attack, aggregate_of, shift
-            )
-            aggregate, defence_full = defence_hat.update(
-                received, state.defence_full, x_new, key=def_key
             )
             good = ~is_byz
             epochs = jnp.sum(jnp.where(good, honest_sizes(workers, state.sizes), 0.0))
@@ -703,35 +656,26 @@ def build(
                     return v
 
             else:
-                lam = alpha * tree_norm(_sub(x_new, x_old))
+                lam = alpha * tree_norm(tree.sub(x_new, x_old))
 
                 def clip(v):
-                    return clip_rows(v, lam)
+                    return functional.clip_to(v, lam)
 
             def aggregate_of(received):
                 clipped = clip(received)
                 if plus:
-                    return mean_c.update(clipped, optax.EmptyState())[0]
-                return defence_c.update(clipped, state.defence_sampled, x_new, key=def_key)[0]
+                    return mean_c.update(clipped, optax.EmptyState())[0], state.defence_sampled
+                return defence_c.update(clipped, state.defence_sampled, x_new, key=def_key)
 
             shift = shift_back_vector(x_new, state.x0, state.g, gamma, True) if shift_back else None
-            received, attack_state, fired = byzantine_vectors(
+            aggregate, defence_sampled, received, attack_state, fired = attacked_round(
                 would_send, flipped, is_byz, att_key, state.attack, aggregate_of, shift
             )
             clipped = clip(received)
-            if plus:
-                aggregate, defence_sampled = (
-                    mean_c.update(clipped, optax.EmptyState())[0],
-                    (state.defence_sampled),
-                )
-            else:
-                aggregate, defence_sampled = defence_c.update(
-                    clipped, state.defence_sampled, x_new, key=def_key
-                )
             good = ~is_byz
             epochs = jnp.sum(good).astype(jnp.float32) * 2.0 * b
             return (
-                _add(state.g, aggregate),
+                tree.add(state.g, aggregate),
                 state.defence_full,
                 defence_sampled,
                 attack_state,
@@ -779,7 +723,7 @@ def build(
         )
         return new_state, metrics
 
-    return simulator.Simulation(init, step, evaluate)
+    return Algorithm(init, step, evaluate)
 
 
 def _cond(pred: jax.Array, true_fn: Callable, false_fn: Callable):
@@ -793,3 +737,7 @@ def _cond(pred: jax.Array, true_fn: Callable, false_fn: Callable):
         return inner
 
     return jax.lax.cond(pred, wrap(true_fn), wrap(false_fn), None)
+
+
+build.metrics = MarinaPPMetrics
+build.check = lambda config: defence_for(config, config.received_count)
