@@ -435,3 +435,40 @@ def test_report_measurements_match_the_simulator():
     from jaxrobust import simulator
 
     assert set(report.MEASURED) == set(simulator.METRIC_COLUMNS) - {"seed"}
+
+
+def test_sweep_progress_bar_counts_runs_and_time_left():
+    import io
+
+    from jaxrobust import sweep
+
+    stream = io.StringIO()
+    show = sweep.progress_printer(stream)
+    show(3, 10, 1, 6.0)  # 2 runs found done, 1 run in 6 s: 7 runs left take 42 s
+    text = stream.getvalue()
+    assert "sweep" in text and "3/10" in text and "[00:06<00:42" in text and "6.00s/run" in text
+    show(10, 10, 8, 48.0)
+    text = stream.getvalue()
+    assert "10/10" in text and text.endswith("\n")  # closed at the end
+
+
+def test_cli_run_progress_bar(monkeypatch, capsys):
+    """The run's bar: steps done, elapsed, time left and the latest mean test accuracy."""
+    import types
+
+    from jaxrobust import simulator
+
+    def simulate(config, dataset, on_evaluation):
+        for step, accuracy in ((5, 0.25), (10, 0.5)):
+            on_evaluation(step, [{"test_accuracy": accuracy}, {"test_accuracy": accuracy + 0.5}])
+        final = np.array([0.5, 1.0])
+        return types.SimpleNamespace(final=lambda name: final, seconds=1.0)
+
+    monkeypatch.setattr(simulator, "load_for", lambda config: None)
+    monkeypatch.setattr(simulator, "simulate", simulate)
+    assert cli.main(["run", "--steps", "10", "--eval-every", "5", "--seeds", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "final test accuracy over 2 seed(s): 0.7500" in captured.out
+    err = captured.err
+    assert "run:  50%" in err and "5/10" in err and "test accuracy 0.5000" in err
+    assert "10/10" in err and "test accuracy 0.7500" in err and err.endswith("\n")
