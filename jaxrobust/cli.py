@@ -39,27 +39,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return Config.from_dict(values).validate()
 
 
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, label: str = "", stream=sys.stderr):
-        self.total, self.label, self.stream = total, label, stream
-        self.start = time.perf_counter()
-
-    def update(self, done: int, note: str = "") -> None:
-        width = 30
-        filled = int(width * done / max(self.total, 1))
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (self.total - done) if done else float("nan")
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(
-            f"\r{self.label} [{bar}] {done}/{self.total} {elapsed:6.1f}s eta {eta:6.1f}s {note}"
-        )
-        if done >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def command_run(args: argparse.Namespace) -> int:
     from jaxrobust import simulator
 
@@ -88,16 +67,24 @@ def command_run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(handle, fieldnames=simulator.metric_columns([config.algorithm]))
         writer.writeheader()
         handle.flush()
-    progress = Progress(config.steps, "run")
+    from tqdm import tqdm
+
+    # steps done of the total, elapsed, time left (at the mean rate so far), latest accuracy;
+    # redrawn at every evaluation (mininterval=0), the only time it moves
+    progress = tqdm(
+        total=config.steps, desc="run", unit="step", file=sys.stderr, smoothing=0, mininterval=0
+    )
 
     def on_evaluation(step, rows):
         if writer is not None:
             writer.writerows(rows)
             handle.flush()
         accuracy = sum(r["test_accuracy"] for r in rows) / len(rows)
-        progress.update(step, f"test accuracy {accuracy:.4f}")
+        progress.set_postfix_str(f"test accuracy {accuracy:.4f}", refresh=False)
+        progress.update(step - progress.n)
 
     result = simulator.simulate(config, dataset, on_evaluation=on_evaluation)
+    progress.close()
     if writer is not None:
         handle.close()
     accuracies = result.final("test_accuracy")

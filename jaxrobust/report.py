@@ -35,7 +35,6 @@ and ``DIR/sweep.yaml``. Example::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -45,16 +44,29 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
-
-from jaxrobust.simulator import METRIC_COLUMNS
-from jaxrobust.sweep import grid_fields
 
 #: Grid fields tuned per setting rather than reported as settings.
 DEFAULT_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "lr_schedule")
 
-#: Columns of ``runs.csv`` that are measurements, not grid fields.
-MEASURED = tuple(c for c in METRIC_COLUMNS if c != "seed")
+#: The measurement columns a sweep writes (``step`` and the metrics). Rows read
+#: from ``runs.csv`` take theirs from its header instead (see
+#: :func:`measured_columns`); this list serves rows without a ``seed`` column.
+MEASURED = (
+    "step",
+    "test_accuracy",
+    "test_loss",
+    "validation_accuracy",
+    "validation_loss",
+    "train_loss",
+    "aggregate_norm",
+    "distance_to_honest_mean",
+    "mean_honest_norm",
+    "bits_sent",
+    "suboptimality",
+    "epochs",
+)
 #: Columns that are neither settings, attacks nor hyperparameters.
 BOOKKEEPING = ("run_id", "seed", *MEASURED)
 
@@ -112,6 +124,34 @@ def _number(text: Any) -> float:
         return math.nan
 
 
+def measured_columns(columns: Iterable[str]) -> list[str]:
+    """The measurement columns among ``columns``, a ``runs.csv`` header or a row's keys.
+
+    A sweep's ``runs.csv`` holds ``run_id``, the grid fields, ``seed``, then
+    ``step`` and the metrics, so every column after ``seed`` is a measurement.
+    Without a ``seed`` column, the columns named in :data:`MEASURED` are.
+
+    Parameters
+    ----------
+    columns : iterable of str
+        Column names in file order.
+
+    Returns
+    -------
+    list of str
+        The measurement columns, ``step`` included, in file order.
+    """
+    columns = list(columns)
+    if "seed" in columns:
+        return columns[columns.index("seed") + 1 :]
+    return [c for c in columns if c in MEASURED]
+
+
+def _objects(values: Iterable[Any], index: pd.Index) -> pd.Series:
+    """A column of Python objects, kept as they are (no int-to-float or None-to-NaN casts)."""
+    return pd.Series(list(values), index=index, dtype=object)
+
+
 def load_runs(
     directory: str | os.PathLike, *, complete_only: bool = True
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -119,12 +159,13 @@ def load_runs(
 
     Grid cells become ints, floats or strings (a defence stays a space-joined
     string such as ``"arc nnm trimmed_mean"``); ``seed`` and ``step`` are
-    ints and the measurements floats (NaN where empty). If the attack is not a
-    grid field, every row gets the sweep's constant ``attack`` so that tables
-    still have an attack column. ``sweep_config`` is ``{}`` without a
-    ``sweep.yaml``. With ``complete_only``, runs that have not reached the
-    sweep's ``steps`` are left out (with a warning): their best accuracy so
-    far is not comparable.
+    ints and the measurements (the columns after ``seed``, see
+    :func:`measured_columns`) floats (NaN where empty). If the attack is not a
+    grid field, every row gets the sweep's constant ``attack`` (as a grid
+    column, before ``seed``) so that tables still have an attack column.
+    ``sweep_config`` is ``{}`` without a ``sweep.yaml``. With
+    ``complete_only``, runs that have not reached the sweep's ``steps`` are
+    left out (with a warning): their best accuracy so far is not comparable.
     """
     directory = os.fspath(directory)
     path = os.path.join(directory, "runs.csv")
@@ -141,49 +182,46 @@ def load_runs(
             sweep_config = yaml.safe_load(fh) or {}
         if not isinstance(sweep_config, dict):
             raise ValueError(f"{yaml_path} must hold a mapping of config fields")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in ("seed", "step", "test_accuracy") if c not in header]
-        if missing:
-            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; not a sweep file")
-        rows = []
-        for raw in reader:
-            if None in raw or any(raw.get(c) is None for c in header):
-                continue  # a truncated last line of a sweep that was killed
-            row: dict[str, Any] = {}
-            for name in header:
-                if name == "run_id":
-                    row[name] = raw[name]
-                elif name in ("seed", "step"):
-                    row[name] = int(float(raw[name]))
-                elif name in MEASURED:
-                    row[name] = _number(raw[name])
-                else:
-                    row[name] = _parse(raw[name])
-            rows.append(row)
-    if not rows:
+    try:
+        # Every cell as text ("" where empty); the python engine skips a line with too
+        # many cells or an unclosed quote, and leaves NaN in the cells a short line lacks.
+        frame = pd.read_csv(
+            path, dtype=str, keep_default_na=False, engine="python", on_bad_lines="skip"
+        )
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    header = [str(c) for c in frame.columns]
+    missing = [c for c in ("seed", "step", "test_accuracy") if c not in header]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; not a sweep file")
+    frame = frame.dropna(how="any")  # a truncated last line of a sweep that was killed
+    if frame.empty:
         raise ValueError(f"{path} holds no rows yet")
+    measured = measured_columns(header)
+    for name in header:
+        if name in ("seed", "step"):
+            frame[name] = pd.to_numeric(frame[name]).astype(np.int64)
+        elif name in measured:
+            frame[name] = pd.to_numeric(frame[name].str.strip(), errors="coerce").astype(float)
+        elif name != "run_id":
+            frame[name] = _objects(map(_parse, frame[name]), frame.index)
     steps = sweep_config.get("steps")
     if complete_only and isinstance(steps, int):
-        last: dict[str, int] = {}
-        for row in rows:
-            last[row["run_id"]] = max(last.get(row["run_id"], 0), row["step"])
-        partial = {run for run, step in last.items() if step < steps}
-        if partial:
+        last = frame.groupby("run_id", sort=False)["step"].max()
+        partial = last.index[last < steps]
+        if len(partial):
             warnings.warn(
                 f"{path}: left out {len(partial)} run(s) that have not reached step {steps} "
                 "(a sweep still running or stopped)",
                 stacklevel=2,
             )
-            rows = [r for r in rows if r["run_id"] not in partial]
-            if not rows:
+            frame = frame[~frame["run_id"].isin(partial)]
+            if frame.empty:
                 raise ValueError(f"{path} holds no complete run yet")
     if "attack" not in header:
         attack = sweep_config.get("attack", "attack")
-        for row in rows:
-            row["attack"] = attack
-    return rows, sweep_config
+        frame.insert(header.index("seed"), "attack", _objects([attack] * len(frame), frame.index))
+    return frame.to_dict("records"), sweep_config
 
 
 # --------------------------------------------------------------------------
@@ -250,44 +288,44 @@ def _key(value: Any) -> tuple:
     return (2, 0.0, str(value))
 
 
+def _ranks(values: Iterable[Any]) -> tuple[list[Any], np.ndarray]:
+    """A field's distinct values (numbers ascending, strings in order of appearance;
+    1 and 1.0 are one value, the first seen) and the index of every value among them."""
+    values = list(values)
+    first: dict[tuple, Any] = {}
+    for value in values:
+        first.setdefault(_key(value), value)
+    distinct = list(first)
+    if all(k[0] < 2 for k in distinct):
+        distinct.sort()
+    rank = {k: i for i, k in enumerate(distinct)}
+    return [first[k] for k in distinct], np.array([rank[_key(v)] for v in values], dtype=int)
+
+
 def _ordered_values(rows: Sequence[dict], field: str) -> list[Any]:
     """A field's distinct values: numbers ascending, strings in order of appearance."""
-    seen: dict[tuple, Any] = {}
-    for row in rows:
-        seen.setdefault(_key(row.get(field)), row.get(field))
-    values = list(seen.values())
-    if all(_key(v)[0] < 2 for v in values):
-        values.sort(key=_key)
-    return values
+    return _ranks(row.get(field) for row in rows)[0]
 
 
-def _reduce(rows: Sequence[dict], column: str, reduce: str, lower: bool) -> tuple[float, int]:
-    """Best of ``column`` over the run and mean over seeds; returns (value, number of seeds)."""
-    per_seed: dict[Any, dict[int, float]] = {}
-    for row in rows:
-        per_seed.setdefault(row.get("seed"), {})[row["step"]] = _number(row.get(column))
-    if not per_seed:
-        return math.nan, 0
-    best = np.nanmin if lower else np.nanmax
+def _reduce(
+    work: pd.DataFrame, keys: list[str], values: pd.Series, reduce: str, lower: bool
+) -> tuple[pd.Series, pd.Series]:
+    """Best of ``values`` over each run and mean over seeds, per group of ``keys``.
+
+    Returns the reduced value and the number of seeds of every group.
+    """
+    data = work[[*keys, "seed", "step"]].assign(value=values)
+    # one value per seed and step (a row written twice counts once, the last one)
+    data = data.drop_duplicates([*keys, "seed", "step"], keep="last")
+    best = "min" if lower else "max"
     if reduce == "max_then_mean":
-        values = [
-            best(v) if not np.all(np.isnan(v)) else math.nan
-            for v in (np.array(list(curve.values()), float) for curve in per_seed.values())
-        ]
-        values = np.array(values, float)
-        value = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+        per_seed = data.groupby([*keys, "seed"], dropna=False)["value"].agg(best)
+        value = per_seed.groupby(level=keys).mean()
     else:
-        steps = sorted({s for curve in per_seed.values() for s in curve})
-        grid = np.array(
-            [[curve.get(s, math.nan) for s in steps] for curve in per_seed.values()], float
-        )
-        if np.all(np.isnan(grid)):
-            value = math.nan
-        else:
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(grid, axis=0)
-            value = float(best(mean))
-    return value, len(per_seed)
+        per_step = data.groupby([*keys, "step"])["value"].mean()
+        value = per_step.groupby(level=keys).agg(best)
+    seeds = data.groupby(keys)["seed"].nunique(dropna=False)
+    return value, seeds
 
 
 def _worst(per_attack: dict[str, float], lower: bool) -> tuple[float, str | None]:
@@ -296,10 +334,6 @@ def _worst(per_attack: dict[str, float], lower: bool) -> tuple[float, str | None
     pick = max if lower else min
     attack = pick(per_attack, key=per_attack.get)
     return per_attack[attack], attack
-
-
-def _all_nan(rows: Iterable[dict], column: str) -> bool:
-    return all(math.isnan(_number(r.get(column))) for r in rows)
 
 
 def worst_case_table(
@@ -314,7 +348,9 @@ def worst_case_table(
     """The worst-case maximal ``metric`` of every setting, hyperparameters chosen as in ByzFL.
 
     A setting is a combination of the rows' grid fields other than
-    ``attack_field``, ``hyperparameters`` and the seed. For each setting and
+    ``attack_field``, ``hyperparameters`` and the seed (the grid fields: the
+    columns that are neither ``run_id``, ``seed`` nor measurements, see
+    :func:`measured_columns`). For each setting and
     hyperparameter combination, the best ``select_on`` over each run (mean
     over seeds, see ``reduce``) is taken per attack, and the combination
     whose worst case over the attacks is best is chosen; the table reports
@@ -328,14 +364,20 @@ def worst_case_table(
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
     if not rows:
         raise ValueError("no rows to report on")
+    measured = measured_columns(rows[0])
     if metric not in rows[0]:
-        known = [c for c in MEASURED if c in rows[0] and c != "step"]
+        known = [c for c in measured if c != "step"]
         raise ValueError(f"unknown metric {metric!r}; runs.csv has {', '.join(known)}")
+    frame = pd.DataFrame(list(rows), dtype=object)
+
+    def numbers(column: str) -> pd.Series:
+        return pd.to_numeric(frame[column], errors="coerce").astype(float)
+
     notes: list[str] = []
     if select_on is None:
         selected_on = metric
         notes.append(f"hyperparameters were selected on {metric} itself (optimistic)")
-    elif select_on not in rows[0] or _all_nan(rows, select_on):
+    elif select_on not in rows[0] or numbers(select_on).isna().all():
         selected_on = metric
         notes.append(
             f"{select_on} is NaN in every run (the sweep has no validation split, "
@@ -346,65 +388,69 @@ def worst_case_table(
         selected_on = select_on
     lower, select_lower = _lower_is_better(metric), _lower_is_better(selected_on)
 
-    fields = [k for k in rows[0] if k not in BOOKKEEPING and k != attack_field]
+    bookkeeping = {"run_id", "seed", *measured}
+    fields = [k for k in rows[0] if k not in bookkeeping and k != attack_field]
     hyper_fields = [f for f in fields if f in hyperparameters]
     setting_fields = [f for f in fields if f not in hyper_fields]
-    attacks = [str(a) for a in _ordered_values(rows, attack_field)]
-    order = {f: {_key(v): i for i, v in enumerate(_ordered_values(rows, f))} for f in fields}
+    attack_values = frame[attack_field] if attack_field in frame else [None] * len(frame)
+    attacks = [str(a) for a in _ranks(attack_values)[0]]
 
-    groups: dict[tuple, dict[tuple, dict[str, list[dict]]]] = {}
-    for row in rows:
-        setting = tuple(_key(row.get(f)) for f in setting_fields)
-        combo = tuple(_key(row.get(f)) for f in hyper_fields)
-        attack = str(row.get(attack_field))
-        groups.setdefault(setting, {}).setdefault(combo, {}).setdefault(attack, []).append(row)
+    # Every grid field as the rank of its value, so that groups come out in rank order;
+    # "all" is one group holding everything (the table may have no setting field).
+    setting_keys = ["all", *(f"s{i}" for i in range(len(setting_fields)))]
+    combo_keys = [*setting_keys, *(f"h{i}" for i in range(len(hyper_fields)))]
+    keys = [*combo_keys, "attack"]
+    work = pd.DataFrame({"all": np.zeros(len(frame), dtype=int)}, index=frame.index)
+    for key, field in zip(combo_keys[1:], [*setting_fields, *hyper_fields], strict=True):
+        work[key] = _ranks(frame[field])[1]
+    attack_index = {a: i for i, a in enumerate(attacks)}
+    work["attack"] = [attack_index[str(a)] for a in attack_values]
+    work["seed"] = frame["seed"] if "seed" in frame else 0
+    work["step"] = frame["step"]
 
-    def rank(fields_, key):
-        return tuple(order[f][k] for f, k in zip(fields_, key, strict=True))
+    def per_attack(column: str, lower_: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The reduced ``column`` and the number of seeds, one row per setting and
+        hyperparameter combination, one column per attack (NaN and 0 where it has no run)."""
+        value, seeds = _reduce(work, keys, numbers(column), reduce, lower_)
+        attack_codes = range(len(attacks))
+        value = value.unstack("attack").reindex(columns=attack_codes)
+        seeds = seeds.unstack("attack").reindex(columns=attack_codes).fillna(0).astype(int)
+        return value, seeds
 
+    selection, _ = per_attack(selected_on, select_lower)
+    # a combination's worst case over the attacks: NaN where an attack has no value
+    scores = (
+        selection.max(axis=1, skipna=False) if select_lower else selection.min(axis=1, skipna=False)
+    )
+    values, seeds = per_attack(metric, lower)
+    # the rows' position of each combination's first row: the values shown
+    first_row = work.reset_index(drop=False).drop_duplicates(combo_keys).set_index(combo_keys)
+    first_row = first_row.iloc[:, 0]
     results = []
-    incomplete = 0
-    for setting in sorted(groups, key=lambda k: rank(setting_fields, k)):
-        combos = groups[setting]
-        best_combo, best_score = None, None
-        for combo in sorted(combos, key=lambda k: rank(hyper_fields, k)):
-            scores = {
-                a: _reduce(combos[combo].get(a, []), selected_on, reduce, select_lower)[0]
-                for a in attacks
-            }
-            score, _ = _worst(scores, select_lower)
-            if math.isnan(score):
-                incomplete += 1
-                if best_combo is None:
-                    best_combo, best_score = combo, score
-                continue
-            better = (
-                best_score is None
-                or math.isnan(best_score)
-                or (score < best_score if select_lower else score > best_score)
-            )
-            if better:  # strict: the first of equal combinations wins, as in ByzFL
-                best_combo, best_score = combo, score
-        chosen = combos[best_combo]
-        per_attack, seeds = {}, []
-        for a in attacks:
-            value, n = _reduce(chosen.get(a, []), metric, reduce, lower)
-            per_attack[a] = value
-            seeds.append(n)
-        worst, worst_attack = _worst(per_attack, lower)
-        sample = next(iter(next(iter(chosen.values()))))
+    for _, combos in scores.groupby(level=setting_keys, sort=True):
+        complete = combos.dropna()
+        if complete.empty:
+            chosen, best_score = combos.index[0], math.nan
+        else:
+            # idxmax/idxmin: the first of equal combinations wins, as in ByzFL
+            chosen = complete.idxmin() if select_lower else complete.idxmax()
+            best_score = float(complete[chosen])
+        result = {attacks[i]: float(v) for i, v in values.loc[chosen].items()}
+        worst, worst_attack = _worst(result, lower)
+        sample = rows[int(first_row.loc[chosen])]
         results.append(
             SettingResult(
                 setting={f: sample.get(f) for f in setting_fields},
-                per_attack=per_attack,
+                per_attack=result,
                 worst_case=worst,
                 worst_attack=worst_attack,
                 hyperparameters={f: sample.get(f) for f in hyper_fields},
                 selection_score=best_score,
-                num_seeds=min(seeds) if seeds else 0,
+                num_seeds=int(seeds.loc[chosen].min()),
                 candidates=len(combos),
             )
         )
+    incomplete = int(scores.isna().sum())
     if incomplete:
         notes.append(
             f"{incomplete} setting/hyperparameter combination(s) have no {selected_on} for "
@@ -448,7 +494,6 @@ def write_table_csv(table: WorstCaseTable, path: str | os.PathLike) -> str:
     """One row per setting: setting fields, one column per attack, ``worst_case``,
     ``worst_attack``, the chosen hyperparameters, ``selected_on``,
     ``selection_worst_case`` and ``num_seeds``."""
-    records = table.records()
     header = [
         *table.setting_fields,
         *table.attacks,
@@ -459,11 +504,11 @@ def write_table_csv(table: WorstCaseTable, path: str | os.PathLike) -> str:
         "selection_worst_case",
         "num_seeds",
     ]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: "" if record.get(k) is None else record.get(k) for k in header})
+    records = [{k: record.get(k) for k in header} for record in table.records()]
+    frame = pd.DataFrame(records, columns=header, dtype=object)
+    # an empty cell for None (no worst attack, an unset field), "nan" for a NaN number
+    frame = frame.map(lambda value: "" if value is None else value)
+    frame.to_csv(path, index=False, na_rep="nan", lineterminator="\r\n")
     return os.fspath(path)
 
 
@@ -483,8 +528,39 @@ def _description(table: WorstCaseTable) -> str:
     return text
 
 
+def _grid_names(grid: dict[str, Any]) -> set[str]:
+    """Every name a sweep's ``grid`` sets: its axes and the fields of its linked axes."""
+    names = set(grid)
+    for options in grid.values():
+        if isinstance(options, list):
+            names.update(k for mapping in options if isinstance(mapping, dict) for k in mapping)
+    return names
+
+
+def _markdown_rows(frame: pd.DataFrame) -> list[str]:
+    """``| a | b |`` lines, one per row of a frame of cell texts."""
+    return ("| " + frame.agg(" | ".join, axis=1) + " |").tolist() if len(frame) else []
+
+
 def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = None) -> str:
-    """The table as Markdown: one row per setting, the worst case in bold."""
+    """The table as Markdown: one row per setting, the worst case in bold.
+
+    Parameters
+    ----------
+    table : WorstCaseTable
+        The table of :func:`worst_case_table`.
+    sweep_config : dict, optional
+        The sweep's config (``sweep.yaml``): its fields the grid leaves fixed
+        are listed under the table.
+
+    Returns
+    -------
+    str
+        A title, the table's description, the table (the varying setting
+        fields, one column per attack, the worst case and its attack, the
+        chosen hyperparameters), the fixed fields, the seeds per cell and the
+        table's notes.
+    """
     varying = table.varying_settings()
     fixed = [f for f in table.setting_fields if f not in varying]
     header = [*varying, *table.attacks, "worst case", "worst attack", *table.hyperparameter_fields]
@@ -493,6 +569,18 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
     ]
     align += ["---:"] * (len(table.attacks) + 1) + ["---"]
     align += ["---:"] * len(table.hyperparameter_fields)
+    settings = pd.DataFrame([r.setting for r in table.rows], columns=varying, dtype=object)
+    results = pd.DataFrame([r.per_attack for r in table.rows], columns=table.attacks, dtype=object)
+    results["worst case"] = [r.worst_case for r in table.rows]
+    results["worst attack"] = [r.worst_attack for r in table.rows]
+    results = results.map(_fmt)
+    results["worst case"] = results["worst case"].where(
+        results["worst case"] == "-", "**" + results["worst case"] + "**"
+    )
+    hyper = pd.DataFrame(
+        [r.hyperparameters for r in table.rows], columns=table.hyperparameter_fields, dtype=object
+    )
+    cells = pd.concat([settings.map(_show), results, hyper.map(_show)], axis=1)
     lines = [
         f"# Worst-case maximal {table.metric}",
         "",
@@ -500,19 +588,13 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
         "",
         "| " + " | ".join(header) + " |",
         "| " + " | ".join(align) + " |",
+        *_markdown_rows(cells),
+        "",
     ]
-    for r in table.rows:
-        cells = [_show(r.setting[f]) for f in varying]
-        cells += [_fmt(r.per_attack.get(a)) for a in table.attacks]
-        worst = _fmt(r.worst_case)
-        cells += [f"**{worst}**" if worst != "-" else worst, _fmt(r.worst_attack)]
-        cells += [_show(r.hyperparameters[f]) for f in table.hyperparameter_fields]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
     constants = {f: table.rows[0].setting[f] for f in fixed} if table.rows else {}
     if sweep_config:
         # runs.csv's own columns: plain grid fields and the fields of linked axes
-        columns = {*grid_fields(sweep_config.get("grid") or {}), *table.setting_fields}
+        columns = {*_grid_names(sweep_config.get("grid") or {}), *table.setting_fields}
         columns.update(table.hyperparameter_fields)
         for name in CONSTANTS_SHOWN:
             if name in sweep_config and name not in columns and name not in constants:

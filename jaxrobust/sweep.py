@@ -577,13 +577,45 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def progress_printer(stream=sys.stderr) -> Callable[[int, int, float], None]:
-    """Prints runs done, runs per minute and the time left."""
+def progress_printer(stream=sys.stderr) -> Callable[[int, int, int, float], None]:
+    """An ``on_batch`` for :func:`run_sweep`: a progress bar of the runs on ``stream``.
+
+    It shows the runs done of the sweep's total (runs found done on resuming
+    included), the elapsed time, the rate and the time left, both from the
+    runs this call has run so far.
+
+    Parameters
+    ----------
+    stream : file-like, optional
+        Where the bar is written (default: standard error).
+
+    Returns
+    -------
+    callable
+        ``show(done, total, ran, seconds)``, as ``run_sweep`` calls ``on_batch``.
+    """
+    from tqdm import tqdm
+
+    bar = None
 
     def show(done: int, total: int, ran: int, seconds: float) -> None:
-        rate = ran / seconds * 60 if seconds > 0 else float("nan")
-        left = (total - done) / rate if rate > 0 else float("nan")
-        stream.write(f"sweep: {done}/{total} runs, {rate:.1f} runs/min, {left:.1f} min left\n")
-        stream.flush()
+        nonlocal bar
+        if bar is None:
+            # started at the first batch's end: count the runs found done as already
+            # there and date the start back to the sweep's, so that rate = ran / seconds
+            bar = tqdm(
+                total=total,
+                initial=done - ran,
+                desc="sweep",
+                unit="run",
+                file=stream,
+                smoothing=0,
+                mininterval=0,  # redrawn after every batch
+            )
+            bar.start_t -= seconds
+            bar.last_print_t -= seconds
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
     return show

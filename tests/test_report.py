@@ -368,3 +368,107 @@ def test_report_on_a_sweep_with_a_linked_axis(tmp_path):
     fixed = next(line for line in text.splitlines() if line.startswith("Fixed:"))
     assert "heterogeneity=" not in fixed and "alpha=" not in fixed  # not the base values
     assert is_png(report.plot_heatmap(table, "alpha", "heterogeneity", tmp_path / "h.png"))
+
+
+def test_report_imports_no_jax(known_dir, tmp_path):
+    """``import jaxrobust.report``, ``jaxrobust report DIR`` and ``python -m jaxrobust report
+    DIR`` run without importing JAX (checked in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import runpy, sys
+import jaxrobust.report
+assert "jax" not in sys.modules, "import jaxrobust.report imported jax"
+from jaxrobust import cli
+assert cli.main(["report", {str(known_dir)!r}, "--out", {str(tmp_path / "a")!r}]) == 0
+assert "jax" not in sys.modules, "cli.main(['report', DIR]) imported jax"
+sys.argv = ["jaxrobust", "report", {str(known_dir)!r}, "--out", {str(tmp_path / "b")!r}]
+try:
+    runpy.run_module("jaxrobust", run_name="__main__")
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+assert "jax" not in sys.modules, "python -m jaxrobust report DIR imported jax"
+print("checked", sorted(m for m in sys.modules if m.startswith("jaxrobust")))
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "checked" in done.stdout and "'jaxrobust.report'" in done.stdout
+    assert (tmp_path / "a" / "worst_case.md").exists()
+    assert (tmp_path / "b" / "worst_case.md").exists()
+
+
+def test_measured_columns_follow_the_header(tmp_path):
+    """Columns after ``seed`` are measurements, whatever their names; a metric the
+    report does not know is not taken for a grid field."""
+    assert report.measured_columns(["run_id", "lr", "seed", "step", "new_metric"]) == [
+        "step",
+        "new_metric",
+    ]
+    assert report.measured_columns(["lr", "step", "test_accuracy"]) == ["step", "test_accuracy"]
+    directory = tmp_path / "new"
+    directory.mkdir()
+    header = ["run_id", "attack", "lr", "seed", "step", "test_accuracy", "new_metric"]
+    with open(directory / "runs.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for row in known_rows():
+            run = repr([row["attack"], row["lr"], row["seed"]])
+            new = 0.5 if row["lr"] == 0.1 else 1.5  # varies with lr, yet not a setting
+            writer.writerow({"run_id": run, **row, "new_metric": new})
+    loaded, _ = report.load_runs(directory)
+    assert loaded[0]["new_metric"] == 0.5 and isinstance(loaded[0]["new_metric"], float)
+    table = report.worst_case_table(loaded)
+    assert table.setting_fields == [] and table.hyperparameter_fields == ["lr"]
+    # no validation column: selected on new_metric itself, where lr 0.5 scores 1.5
+    (result,) = report.worst_case_table(loaded, metric="new_metric").rows
+    assert result.hyperparameters == {"lr": 0.5} and result.worst_case == pytest.approx(1.5)
+
+
+def test_report_measurements_match_the_simulator():
+    """report.MEASURED (kept free of JAX) names what the simulator measures."""
+    from jaxrobust import simulator
+
+    assert set(report.MEASURED) == set(simulator.METRIC_COLUMNS) - {"seed"}
+
+
+def test_sweep_progress_bar_counts_runs_and_time_left():
+    import io
+
+    from jaxrobust import sweep
+
+    stream = io.StringIO()
+    show = sweep.progress_printer(stream)
+    show(3, 10, 1, 6.0)  # 2 runs found done, 1 run in 6 s: 7 runs left take 42 s
+    text = stream.getvalue()
+    assert "sweep" in text and "3/10" in text and "[00:06<00:42" in text and "6.00s/run" in text
+    show(10, 10, 8, 48.0)
+    text = stream.getvalue()
+    assert "10/10" in text and text.endswith("\n")  # closed at the end
+
+
+def test_cli_run_progress_bar(monkeypatch, capsys):
+    """The run's bar: steps done, elapsed, time left and the latest mean test accuracy."""
+    import types
+
+    from jaxrobust import simulator
+
+    def simulate(config, dataset, on_evaluation):
+        for step, accuracy in ((5, 0.25), (10, 0.5)):
+            on_evaluation(step, [{"test_accuracy": accuracy}, {"test_accuracy": accuracy + 0.5}])
+        final = np.array([0.5, 1.0])
+        return types.SimpleNamespace(final=lambda name: final, seconds=1.0)
+
+    monkeypatch.setattr(simulator, "load_for", lambda config: None)
+    monkeypatch.setattr(simulator, "simulate", simulate)
+    assert cli.main(["run", "--steps", "10", "--eval-every", "5", "--seeds", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "final test accuracy over 2 seed(s): 0.7500" in captured.out
+    err = captured.err
+    assert "run:  50%" in err and "5/10" in err and "test accuracy 0.5000" in err
+    assert "10/10" in err and "test accuracy 0.7500" in err and err.endswith("\n")
