@@ -1,7 +1,9 @@
-"""Attacks: what the Byzantine workers send (ALGORITHMS.md section 4).
+"""Attacks: what the Byzantine workers send.
 
 An attack sees every honest vector of the step (an omniscient adversary) and
-returns the ``b`` Byzantine vectors, stacked like the honest ones. All
+returns the ``b`` Byzantine vectors, stacked like the honest ones: the
+honest vectors are a pytree whose every leaf has shape ``(h, ...)``, the
+Byzantine ones have leaves of shape ``(b, ...)`` in the same dtypes. All
 Byzantine workers send the same vector unless the attack says otherwise.
 ``mu`` and ``sigma`` are the coordinate-wise mean and standard deviation of
 the honest vectors (``sigma`` with the unbiased ``h - 1`` denominator, as
@@ -83,12 +85,56 @@ class Attack:
 
 
 def honest_mean(honest: PyTree) -> PyTree:
+    """Coordinate-wise mean ``mu`` of the honest vectors.
+
+    Parameters
+    ----------
+    honest : pytree
+        Every leaf of shape ``(h, ...)``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        For malformed ``honest`` (no leaf, a scalar leaf, unequal worker axes).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> honest_mean(jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])).tolist()
+    [2.0, 3.0]
+    """
     h = kernels.num_workers(honest, "attack")
     return kernels.weighted_sum(jnp.full((h,), 1.0 / h), honest, skip_zero=False)
 
 
 def honest_std(honest: PyTree, mu: PyTree | None = None) -> PyTree:
-    """Coordinate-wise standard deviation with the ``h - 1`` denominator (0 for one worker)."""
+    """Coordinate-wise standard deviation with the ``h - 1`` denominator (0 for one worker).
+
+    Parameters
+    ----------
+    honest : pytree
+        Every leaf of shape ``(h, ...)``.
+    mu : pytree or None
+        Their mean (:func:`honest_mean`), computed when ``None``.
+
+    Returns
+    -------
+    pytree
+        ``sigma``: leaves of shape ``(...)``, in the input dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> sigma = honest_std(jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]]))
+    >>> np.round(np.asarray(sigma), 4)  # sqrt(1), sqrt(3)
+    array([1.    , 1.7321], dtype=float32)
+    """
     h = kernels.num_workers(honest, "attack")
     mu = honest_mean(honest) if mu is None else mu
 
@@ -101,7 +147,26 @@ def honest_std(honest: PyTree, mu: PyTree | None = None) -> PyTree:
 
 
 def repeat(vector: PyTree, b: int) -> PyTree:
-    """``b`` copies of one vector, stacked."""
+    """``b`` copies of one vector, stacked.
+
+    Parameters
+    ----------
+    vector : pytree
+        Leaves of shape ``(...)``.
+    b : int
+        Number of copies.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(b, ...)`` (broadcast views), same dtypes.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> repeat(jnp.array([1.0, 2.0]), 2).tolist()
+    [[1.0, 2.0], [1.0, 2.0]]
+    """
     return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (b, *v.shape)), vector)
 
 
@@ -122,7 +187,26 @@ def _stateless(fn: Callable[[AttackInput], PyTree]):
 
 
 def sign_flip() -> Attack:
-    """SF: every Byzantine worker sends ``-mu``."""
+    """SF: every Byzantine worker sends ``-mu``.
+
+    Sign flipping, as used in Allouah et al., "Fixing by mixing: a recipe
+    for optimal Byzantine ML under heterogeneity", AISTATS 2023.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> sign_flip().apply(inp, ())[0].tolist()
+    [[-2.0, -3.0], [-2.0, -3.0]]
+    """
     return Attack(
         "sign_flip",
         _stateless(
@@ -134,7 +218,36 @@ def sign_flip() -> Attack:
 
 
 def ipm(epsilon: float = 0.1) -> Attack:
-    """IPM, inner product manipulation (Xie et al., 2020): ``-epsilon * mu``."""
+    """IPM, inner product manipulation (Xie et al., 2020): ``-epsilon * mu``.
+
+    Parameters
+    ----------
+    epsilon : float
+        The factor; small values keep the Byzantine vector close to the
+        honest mean while making its inner product with ``mu`` negative.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    References
+    ----------
+    C. Xie, O. Koyejo, I. Gupta, "Fall of empires: breaking
+    Byzantine-tolerant SGD by inner product manipulation", UAI 2019
+    (PMLR 115, 2020).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> np.round(np.asarray(ipm(0.1).apply(inp, ())[0]), 4)
+    array([[-0.2, -0.3],
+           [-0.2, -0.3]], dtype=float32)
+    """
     return Attack(
         "ipm",
         _stateless(
@@ -149,21 +262,110 @@ def ipm(epsilon: float = 0.1) -> Attack:
 
 
 def foe(tau: float = 1.1) -> Attack:
-    """FOE, fall of empires: ``(1 - tau) * mu`` (IPM with ``epsilon = tau - 1``)."""
+    """FOE, fall of empires: ``(1 - tau) * mu`` (IPM with ``epsilon = tau - 1``).
+
+    Parameters
+    ----------
+    tau : float
+        The factor; ``tau = 1.1`` sends ``-0.1 mu``.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    References
+    ----------
+    C. Xie, O. Koyejo, I. Gupta, "Fall of empires: breaking
+    Byzantine-tolerant SGD by inner product manipulation", UAI 2019
+    (PMLR 115, 2020).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> np.round(np.asarray(foe(1.1).apply(inp, ())[0]), 4)
+    array([[-0.2, -0.3],
+           [-0.2, -0.3]], dtype=float32)
+    """
     return dataclasses.replace(ipm(tau - 1.0), name="foe")
 
 
 def alie_z(n: int, f: int) -> float:
     """Default ALIE factor (Baruch et al., 2019).
 
-    ``s = floor(n/2 + 1) - f`` and ``z = Phi^-1((n - s) / n)``.
+    ``s = floor(n/2 + 1) - f`` and ``z = Phi^-1((n - s) / n)``, with
+    ``Phi`` the standard normal CDF.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers (honest and Byzantine) and of Byzantine workers,
+        with ``0 < (n - s) / n < 1``.
+
+    Returns
+    -------
+    float
+        ``z``.
+
+    Raises
+    ------
+    statistics.StatisticsError
+        When ``(n - s) / n`` is not in ``(0, 1)`` (``s <= 0`` or ``s >= n``).
+
+    References
+    ----------
+    G. Baruch, M. Baruch, Y. Goldberg, "A little is enough: circumventing
+    defenses for distributed learning", NeurIPS 2019.
+
+    Examples
+    --------
+    ``n = 5``, ``f = 2``: ``s = 1`` and ``z = Phi^-1(0.8)``:
+
+    >>> round(alie_z(5, 2), 4)
+    0.8416
     """
     s = int(np.floor(n / 2 + 1)) - f
     return NormalDist().inv_cdf((n - s) / n)
 
 
 def alie(z: float | None = None) -> Attack:
-    """ALIE, a little is enough: ``mu - z * sigma``; default ``z`` from ``n`` and ``f``."""
+    """ALIE, a little is enough: ``mu - z * sigma``; default ``z`` from ``n`` and ``f``.
+
+    ``sigma`` is :func:`honest_std`; the default ``z`` is :func:`alie_z` of
+    ``n = h + b`` and ``f = b``.
+
+    Parameters
+    ----------
+    z : float or None
+        The factor; ``None`` for :func:`alie_z`.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    References
+    ----------
+    G. Baruch, M. Baruch, Y. Goldberg, "A little is enough: circumventing
+    defenses for distributed learning", NeurIPS 2019.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> np.round(np.asarray(alie(z=1.0).apply(inp, ())[0]), 4)
+    array([[1.    , 1.2679],
+           [1.    , 1.2679]], dtype=float32)
+    >>> np.round(np.asarray(alie().apply(inp, ())[0][0]), 4)  # z = alie_z(5, 2)
+    array([1.1584, 1.5423], dtype=float32)
+    """
 
     def fn(a: AttackInput):
         h = kernels.num_workers(a.honest, "alie")
@@ -175,7 +377,30 @@ def alie(z: float | None = None) -> Attack:
 
 
 def gaussian(sigma: float = 200.0) -> Attack:
-    """Every Byzantine worker sends its own draw of ``N(0, sigma^2 I)``."""
+    """Every Byzantine worker sends its own draw of ``N(0, sigma^2 I)``.
+
+    The draws come from ``inputs.key``, one key per leaf.
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation of every coordinate.
+
+    Returns
+    -------
+    Attack
+        ``apply`` returns ``b`` independent draws, leaves of shape ``(b, ...)``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> out, _ = gaussian(1.0).apply(inp, ())
+    >>> out.shape, bool(jnp.all(out[0] != out[1]))
+    ((2, 2), True)
+    """
 
     def fn(a: AttackInput):
         leaves, treedef = jax.tree_util.tree_flatten(a.honest)
@@ -199,12 +424,44 @@ def _constant(name: str, value: float) -> Attack:
 
 
 def inf() -> Attack:
-    """Vectors of ``+inf``."""
+    """Vectors of ``+inf``.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> inf().apply(inp, ())[0].tolist()
+    [[inf, inf], [inf, inf]]
+    """
     return _constant("inf", float("inf"))
 
 
 def nan() -> Attack:
-    """Vectors of NaN."""
+    """Vectors of NaN.
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> bool(jnp.isnan(nan().apply(inp, ())[0]).all())
+    True
+    """
     return _constant("nan", float("nan"))
 
 
@@ -212,7 +469,35 @@ def label_flip() -> Attack:
     """LF: the mean of the honest workers' gradients on their own batches with labels ``C - 1 - y``.
 
     **Convention** (ByzFL's): the simulator computes the flipped-label
-    gradients and passes them as ``flipped``.
+    gradients and passes them as ``flipped`` (leaves of shape ``(h, ...)``).
+    ``C`` is the number of classes.
+
+    Returns
+    -------
+    Attack
+        With ``needs_flipped_labels=True``; ``apply`` returns ``b`` copies of
+        the mean of ``inputs.flipped``.
+
+    Raises
+    ------
+    ValueError
+        In ``apply``: ``"label_flip needs the honest gradients on flipped labels"``
+        when ``inputs.flipped`` is ``None``.
+
+    References
+    ----------
+    Y. Allouah, S. Farhadkhani, R. Guerraoui, N. Gupta, R. Pinot, J. Stephan,
+    "Fixing by mixing: a recipe for optimal Byzantine ML under
+    heterogeneity", AISTATS 2023 (among the attacks evaluated there).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> label_flip().apply(inp._replace(flipped=-h), ())[0].tolist()
+    [[-2.0, -3.0], [-2.0, -3.0]]
     """
 
     def fn(a: AttackInput):
@@ -288,12 +573,84 @@ def _min_max_sum(kind: str, direction: str) -> Attack:
 
 
 def min_max(direction: str = "std") -> Attack:
-    """MinMax: the largest ``gamma`` keeping the max distance to honest vectors within theirs."""
+    """MinMax: the largest ``gamma`` keeping the max distance to honest vectors within theirs.
+
+    Sends ``mu + gamma p`` with the largest ``gamma >= 0`` such that
+    ``max_i ||mu + gamma p - x_i|| <= max_{i, j} ||x_i - x_j||``, solved
+    exactly (the paper searches ``gamma`` by halving).
+
+    Parameters
+    ----------
+    direction : str
+        The perturbation ``p``: ``"std"`` (``-sigma``), ``"unit"``
+        (``-mu / ||mu||``) or ``"sign"`` (``-sign(mu)``).
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"unknown direction '..'; choose one of: std, unit, sign"``.
+
+    References
+    ----------
+    V. Shejwalkar, A. Houmansadr, "Manipulating the Byzantine: optimizing
+    model poisoning attacks and defenses for federated learning", NDSS 2021.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> np.round(np.asarray(min_max().apply(inp, ())[0][0]), 4)
+    array([1.366 , 1.9019], dtype=float32)
+    """
     return _min_max_sum("min_max", _check_direction(direction))
 
 
 def min_sum(direction: str = "std") -> Attack:
-    """MinSum: the largest ``gamma`` keeping summed squared distances within the honest maximum."""
+    """MinSum: the largest ``gamma`` keeping summed squared distances within the honest maximum.
+
+    Sends ``mu + gamma p`` with the largest ``gamma >= 0`` such that
+    ``sum_i ||mu + gamma p - x_i||^2 <= max_j sum_i ||x_j - x_i||^2``,
+    solved exactly.
+
+    Parameters
+    ----------
+    direction : str
+        The perturbation ``p``: ``"std"`` (``-sigma``), ``"unit"``
+        (``-mu / ||mu||``) or ``"sign"`` (``-sign(mu)``).
+
+    Returns
+    -------
+    Attack
+        ``apply(inputs, state)`` returns ``b = inputs.num_byzantine`` copies of
+        one vector, every leaf of shape ``(b, ...)`` in the honest dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"unknown direction '..'; choose one of: std, unit, sign"``.
+
+    References
+    ----------
+    V. Shejwalkar, A. Houmansadr, "Manipulating the Byzantine: optimizing
+    model poisoning attacks and defenses for federated learning", NDSS 2021.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> np.round(np.asarray(min_sum().apply(inp, ())[0][0]), 4)
+    array([1.    , 1.2679], dtype=float32)
+    """
     return _min_max_sum("min_sum", _check_direction(direction))
 
 
@@ -313,6 +670,35 @@ def mimic(warmup: int = 100) -> Attack:
     honest vectors is estimated online (a running mean and one power-method
     step per round on the centred vectors), and the copied worker is the one
     of largest ``|<x_i - mean, z>|``; after the warm-up that worker is kept.
+    The direction starts at the all-ones vector.
+
+    Parameters
+    ----------
+    warmup : int
+        Number of steps during which the direction and the copied worker
+        are updated.
+
+    Returns
+    -------
+    Attack
+        State :class:`MimicState` (``init(params)``); ``apply`` returns
+        ``b`` copies of one honest vector.
+
+    References
+    ----------
+    S. P. Karimireddy, L. He, M. Jaggi, "Byzantine-robust learning on
+    heterogeneous datasets via bucketing", ICLR 2022.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> atk = mimic()
+    >>> out, state = atk.apply(inp, atk.init(h[0]))
+    >>> out.tolist(), int(state.target)
+    ([[1.0, 2.0], [1.0, 2.0]], 0)
     """
 
     def init(params):
@@ -384,14 +770,94 @@ def _aggregator_aware(name: str, vector: Callable[[PyTree, PyTree, Array], PyTre
 
 
 def alie_aware(max_z: float = 10.0, points: int = 16) -> Attack:
-    """Aggregator-aware ALIE: ``mu - z sigma``, ``z`` in ``[0, max_z]`` maximising the damage."""
+    """Aggregator-aware ALIE: ``mu - z sigma``, ``z`` in ``[0, max_z]`` maximising the damage.
+
+    The damage of ``z`` is ``||F(pre(honest + b copies)) - mu||`` for the
+    defence ``F o pre`` in ``inputs.defence``; ``points`` values of ``z``
+    are tried on a grid, then ``points`` on a finer grid around the best.
+
+    Parameters
+    ----------
+    max_z : float
+        Upper end of the grid.
+    points : int
+        Grid size (each of the two passes).
+
+    Returns
+    -------
+    Attack
+        With ``needs_defence=True``; ``apply`` returns ``b`` copies.
+
+    Raises
+    ------
+    ValueError
+        In ``apply``: ``"alie_aware needs the defence in use"`` when
+        ``inputs.defence`` is ``None``.
+
+    References
+    ----------
+    Y. Allouah, S. Farhadkhani, R. Guerraoui, N. Gupta, R. Pinot, J. Stephan,
+    "Fixing by mixing: a recipe for optimal Byzantine ML under
+    heterogeneity", AISTATS 2023 (the optimised ALIE and FOE attacks);
+    G. Baruch, M. Baruch, Y. Goldberg, NeurIPS 2019 (ALIE).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> from jaxrobust.functional import trimmed_mean
+    >>> inp = inp._replace(defence=lambda v: trimmed_mean(v, 1))
+    >>> np.round(np.asarray(alie_aware(points=8).apply(inp, ())[0][0]), 4)
+    array([ -8.    , -14.3205], dtype=float32)
+    """
     return _aggregator_aware(
         "alie_aware", lambda mu, sigma, z: _axpy(-z, sigma, mu), jnp.linspace(0.0, max_z, points)
     )
 
 
 def ipm_aware(max_epsilon: float = 10.0, points: int = 16) -> Attack:
-    """Aggregator-aware IPM / FOE: ``-epsilon mu`` with ``epsilon`` in ``[0, max_epsilon]``."""
+    """Aggregator-aware IPM / FOE: ``-epsilon mu`` with ``epsilon`` in ``[0, max_epsilon]``.
+
+    ``epsilon`` maximises the damage as in :func:`alie_aware`.
+
+    Parameters
+    ----------
+    max_epsilon : float
+        Upper end of the grid.
+    points : int
+        Grid size (each of the two passes).
+
+    Returns
+    -------
+    Attack
+        With ``needs_defence=True``; ``apply`` returns ``b`` copies.
+
+    Raises
+    ------
+    ValueError
+        In ``apply``: ``"ipm_aware needs the defence in use"`` when
+        ``inputs.defence`` is ``None``.
+
+    References
+    ----------
+    Y. Allouah, S. Farhadkhani, R. Guerraoui, N. Gupta, R. Pinot, J. Stephan,
+    "Fixing by mixing: a recipe for optimal Byzantine ML under
+    heterogeneity", AISTATS 2023 (the optimised ALIE and FOE attacks);
+    C. Xie, O. Koyejo, I. Gupta, UAI 2019 (IPM).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> from jaxrobust.functional import trimmed_mean
+    >>> inp = inp._replace(defence=lambda v: trimmed_mean(v, 1))
+    >>> np.round(np.asarray(ipm_aware(points=8).apply(inp, ())[0][0]), 4)
+    array([-20., -30.], dtype=float32)
+    """
     return _aggregator_aware(
         "ipm_aware",
         lambda mu, _, eps: jax.tree_util.tree_map(lambda m: (-eps * m).astype(m.dtype), mu),
@@ -400,7 +866,24 @@ def ipm_aware(max_epsilon: float = 10.0, points: int = 16) -> Attack:
 
 
 def no_attack() -> Attack:
-    """Byzantine workers behave honestly: they send copies of honest vectors (cyclically)."""
+    """Byzantine workers behave honestly: they send copies of honest vectors (cyclically).
+
+    Byzantine worker ``j`` sends honest vector ``j mod h``.
+
+    Returns
+    -------
+    Attack
+        ``apply`` returns leaves of shape ``(b, ...)``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> no_attack().apply(inp, ())[0].tolist()
+    [[1.0, 2.0], [3.0, 2.0]]
+    """
 
     def fn(a: AttackInput):
         h = kernels.num_workers(a.honest, "none")
@@ -430,7 +913,36 @@ def shift_back() -> Attack:
 
     When the Byzantine workers are a strict majority of the sampled clients,
     each sends ``shift_back``, the aggregate that moves the model back to
-    ``x_0``; otherwise they behave honestly (copies of honest vectors).
+    ``x_0``; otherwise they behave honestly (copies of honest vectors, as
+    :func:`no_attack`).
+
+    Returns
+    -------
+    Attack
+        With ``needs_shift_back=True``; ``apply`` returns leaves of shape
+        ``(b, ...)``.
+
+    Raises
+    ------
+    ValueError
+        In ``apply``: ``"shift_back needs the shift-back vector and the sampled majority"``
+        when ``inputs.shift_back`` or ``inputs.byzantine_majority`` is ``None``.
+
+    References
+    ----------
+    G. Malinovsky, P. Richtarik, S. Horvath, E. Gorbunov, "Byzantine
+    robustness and partial participation can be achieved at once: just clip
+    gradient differences", NeurIPS 2024.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> h = jnp.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    >>> inp = AttackInput(honest=h, num_byzantine=2, key=jax.random.key(0))
+    >>> inp = inp._replace(shift_back=jnp.array([9.0, 9.0]), byzantine_majority=jnp.array(True))
+    >>> shift_back().apply(inp, ())[0].tolist()
+    [[9.0, 9.0], [9.0, 9.0]]
     """
     honest_like = no_attack()
 
@@ -468,7 +980,33 @@ for _name, _factory in (
 
 
 def make_attack(name: str, **kwargs) -> Attack:
-    """Build an attack by name; unknown names list the valid choices."""
+    """Build an attack by name; unknown names list the valid choices.
+
+    Parameters
+    ----------
+    name : str
+        A registered attack name (``"none"``, ``"sign_flip"``, ``"ipm"``,
+        ``"foe"``, ``"alie"``, ``"mimic"``, ``"label_flip"``, ``"gaussian"``,
+        ``"inf"``, ``"nan"``, ``"min_max"``, ``"min_sum"``, ``"alie_aware"``,
+        ``"ipm_aware"``, ``"shift_back"``, or one a user registered).
+    **kwargs
+        The factory's arguments.
+
+    Returns
+    -------
+    Attack
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or an unknown option (the message lists the
+        valid ones).
+
+    Examples
+    --------
+    >>> make_attack("ipm", epsilon=0.5).name
+    'ipm'
+    """
     return ATTACKS.build(name, **kwargs)
 
 
@@ -479,6 +1017,32 @@ def options_for(name: str, options: dict) -> dict:
     (``{points: 8}``) or, for sweeps over several attacks, a mapping from
     attack names to their arguments (``{alie_aware: {points: 8}, ipm_aware:
     {points: 8}}``); attacks not named there get their defaults.
+
+    Parameters
+    ----------
+    name : str
+        The attack.
+    options : dict
+        A config's ``attack_options``.
+
+    Returns
+    -------
+    dict
+        A new dict of keyword arguments.
+
+    Raises
+    ------
+    ValueError
+        ``"attack_options mixes per-attack entries (..) with plain arguments (..); use one form"``.
+
+    Examples
+    --------
+    >>> options_for("alie", {"alie": {"z": 1.0}, "ipm": {"epsilon": 0.5}})
+    {'z': 1.0}
+    >>> options_for("sign_flip", {"alie": {"z": 1.0}})
+    {}
+    >>> options_for("alie", {"z": 1.0})
+    {'z': 1.0}
     """
     per_attack = [k for k, v in options.items() if k in ATTACKS and isinstance(v, dict)]
     if not per_attack:
@@ -493,5 +1057,26 @@ def options_for(name: str, options: dict) -> dict:
 
 
 def attack_of(config) -> Attack:
-    """The attack of a :class:`~jaxrobust.config.Config` (``attack`` and ``attack_options``)."""
+    """The attack of a :class:`~jaxrobust.config.Config` (``attack`` and ``attack_options``).
+
+    Parameters
+    ----------
+    config : Config
+        Any object with ``attack`` (a name) and ``attack_options`` (a dict).
+
+    Returns
+    -------
+    Attack
+
+    Raises
+    ------
+    ValueError
+        As :func:`make_attack` and :func:`options_for`.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> attack_of(SimpleNamespace(attack="alie", attack_options={"z": 1.5})).name
+    'alie'
+    """
     return make_attack(config.attack, **options_for(config.attack, config.attack_options))

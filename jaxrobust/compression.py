@@ -1,4 +1,4 @@
-"""Compressors of one worker's vector, with bit counts (ALGORITHMS.md section 5).
+"""Compressors of one worker's vector, with bit counts.
 
 A compressor ``C`` maps one worker's vector ``x`` in ``R^d`` to a vector the
 worker can send cheaply. The vector is a pytree *without* a worker axis, and
@@ -221,7 +221,27 @@ def _random_subset(key: Array, d: int, k: int) -> Array:
 
 
 def identity() -> Compressor:
-    """No compression: ``C(x) = x``; unbiased, ``omega = 0``, ``32 d`` bits for float32."""
+    """No compression: ``C(x) = x``; unbiased, ``omega = 0``, ``32 d`` bits for float32.
+
+    Returns
+    -------
+    Compressor
+        ``compress(key, vector) -> (compressed, bits)``: ``compressed`` has
+        ``vector``'s structure, shapes and dtypes, ``bits`` is a float32
+        scalar array.
+
+    Raises
+    ------
+    ValueError, TypeError
+        In ``compress``: an empty pytree, ``d = 0``, or a non-floating leaf.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> out, bits = identity().compress(jax.random.key(0), jnp.array([3.0, -1.0, 0.5, 2.0]))
+    >>> out.tolist(), float(bits)
+    ([3.0, -1.0, 0.5, 2.0], 128.0)
+    """
 
     def compress(key: Array, vector: PyTree) -> tuple[PyTree, Array]:
         del key
@@ -251,11 +271,41 @@ def rand_k(k: int | float) -> Compressor:
         (rounded to nearest, at least 1: ``rand_k(0.1)`` keeps 10 %). An int
         ``K > d`` raises a ValueError when the vector is first seen.
 
+    Returns
+    -------
+    Compressor
+        ``compress(key, vector) -> (compressed, bits)``: ``compressed`` has
+        ``vector``'s structure, shapes and dtypes, ``bits`` is a float32
+        scalar array.
+
+    Raises
+    ------
+    TypeError
+        ``"rand_k needs K as an int or a fraction of d in (0, 1], got K=.."``.
+    ValueError
+        ``"rand_k needs K >= 1, got K=.."``; ``"rand_k needs a fraction K of d
+        in (0, 1], got K=.."``; in ``compress`` or ``omega``,
+        ``"rand_k needs K <= d, got K=.. for a vector of d=.. coordinates"``.
+
     References
     ----------
     Stich, Cordonnier, Jaggi, "Sparsified SGD with memory", NeurIPS 2018;
     Beznosikov, Horvath, Richtarik, Safaryan, "On biased compression for
     distributed learning", JMLR 2023.
+
+    Examples
+    --------
+    Two of the four coordinates are kept, each scaled by ``d/K = 2``:
+
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([3.0, -1.0, 0.5, 2.0])
+    >>> out, bits = rand_k(2).compress(jax.random.key(0), x)
+    >>> kept = np.asarray(out) != 0
+    >>> int(kept.sum()), bool(np.all(np.asarray(out)[kept] == 2 * np.asarray(x)[kept]))
+    (2, True)
+    >>> float(bits), rand_k(2).omega(4)  # 2 * (32 + 2) bits
+    (68.0, 1.0)
     """
     k = _check_k("rand_k", k)
 
@@ -289,10 +339,37 @@ def top_k(k: int | float) -> Compressor:
         (rounded to nearest, at least 1: ``top_k(0.1)`` keeps 10 %). An int
         ``K > d`` raises a ValueError when the vector is first seen.
 
+    Returns
+    -------
+    Compressor
+        ``compress(key, vector) -> (compressed, bits)``: ``compressed`` has
+        ``vector``'s structure, shapes and dtypes, ``bits`` is a float32
+        scalar array.
+
+    Raises
+    ------
+    TypeError
+        ``"top_k needs K as an int or a fraction of d in (0, 1], got K=.."``.
+    ValueError
+        ``"top_k needs K >= 1, got K=.."``; ``"top_k needs a fraction K of d
+        in (0, 1], got K=.."``; in ``compress`` or ``omega``,
+        ``"top_k needs K <= d, got K=.. for a vector of d=.. coordinates"``.
+
     References
     ----------
     Alistarh et al., "The convergence of sparsified gradient methods",
     NeurIPS 2018; Stich, Cordonnier, Jaggi, NeurIPS 2018.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> out, bits = top_k(2).compress(None, jnp.array([3.0, -1.0, 0.5, 2.0]))
+    >>> out.tolist(), float(bits), top_k(2).omega(4)
+    ([3.0, 0.0, 0.0, 2.0], 68.0, 0.5)
+    >>> top_k(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_k needs K >= 1, got K=0
     """
     k = _check_k("top_k", k)
 
@@ -337,10 +414,38 @@ def random_dithering(levels: int) -> Compressor:
     levels:
         ``s >= 1``, the number of nonzero quantisation levels.
 
+    Returns
+    -------
+    Compressor
+        ``compress(key, vector) -> (compressed, bits)``: ``compressed`` has
+        ``vector``'s structure, shapes and dtypes, ``bits`` is a float32
+        scalar array.
+
+    Raises
+    ------
+    TypeError
+        If ``levels`` is not an integer.
+    ValueError
+        ``"random_dithering needs levels >= 1, got levels=.."``.
+
     References
     ----------
     Alistarh, Grubic, Li, Tomioka, Vojnovic, "QSGD: communication-efficient
     SGD via gradient quantization and encoding", NeurIPS 2017 (Lemma 3.1).
+
+    Examples
+    --------
+    Every output coordinate is a multiple of ``||x|| / s`` (here ``||x|| = 1``):
+
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([0.6, -0.8, 0.0, 0.0])
+    >>> out, bits = random_dithering(4).compress(jax.random.key(0), x)
+    >>> levels = np.asarray(out) * 4
+    >>> bool(np.allclose(levels, np.round(levels), atol=1e-5)), float(bits)  # 32 + 4 * (1 + 3)
+    (True, 48.0)
+    >>> random_dithering(4).omega(4)
+    0.25
     """
     s = kernels.check_f("random_dithering", levels, minimum=1, label="levels")
 
@@ -398,6 +503,30 @@ def natural_compression() -> Compressor:
     ----------
     Horvath, Ho, Horvath, Sahu, Canini, Richtarik, "Natural compression for
     distributed deep learning", MSML 2022 (arXiv:1905.10988).
+
+    Returns
+    -------
+    Compressor
+        ``compress(key, vector) -> (compressed, bits)``: ``compressed`` has
+        ``vector``'s structure, shapes and dtypes, ``bits`` is a float32
+        scalar array.
+
+    Raises
+    ------
+    ValueError, TypeError
+        In ``compress``: an empty pytree, ``d = 0``, or a non-floating leaf.
+
+    Examples
+    --------
+    Powers of two (and zero) are kept exactly; ``3`` becomes ``2`` or ``4``:
+
+    >>> import jax, jax.numpy as jnp
+    >>> out, bits = natural_compression().compress(jax.random.key(0), jnp.array([1.0, -4.0, 0.0]))
+    >>> out.tolist(), float(bits)  # 9 bits per float32 coordinate
+    ([1.0, -4.0, 0.0], 27.0)
+    >>> out, _ = natural_compression().compress(jax.random.key(1), jnp.array([3.0]))
+    >>> float(out[0]) in (2.0, 4.0)
+    True
     """
 
     def compress(key: Array, vector: PyTree) -> tuple[PyTree, Array]:
@@ -461,6 +590,26 @@ def contractive(compressor: Compressor) -> Compressor:
     better, and practically faster error feedback", NeurIPS 2021;
     Beznosikov, Horvath, Richtarik, Safaryan, "On biased compression for
     distributed learning", JMLR 2023 (the scaling of unbiased compressors).
+
+    Examples
+    --------
+    Contractive RandK keeps ``K`` coordinates unscaled (``d/K = 2`` times
+    ``1 / (1 + omega) = 1/2``):
+
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> c = contractive(rand_k(2))
+    >>> x = jnp.array([3.0, -1.0, 0.5, 2.0])
+    >>> out, _ = c.compress(jax.random.key(0), x)
+    >>> kept = np.asarray(out) != 0
+    >>> int(kept.sum()), bool(np.all(np.asarray(out)[kept] == np.asarray(x)[kept]))
+    (2, True)
+    >>> c.omega(4), c.unbiased
+    (0.5, False)
+    >>> contractive(top_k(2))
+    Traceback (most recent call last):
+    ...
+    ValueError: contractive needs an unbiased compressor, got 'top_k' ...
     """
     if not compressor.unbiased:
         raise ValueError(
@@ -503,6 +652,35 @@ def compress_workers(
     bits each worker sends, a float32 array of shape ``(n,)``. Pure and
     traceable (pass ``compressor`` as a static argument or close over it
     under ``jit``); ``key`` may be an int seed or a PRNG key.
+
+    Parameters
+    ----------
+    compressor : Compressor
+        The compressor of one row.
+    key : int or Array
+        Seed or PRNG key.
+    stacked : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+
+    Returns
+    -------
+    compressed : pytree
+        ``stacked``'s structure, shapes and dtypes.
+    bits : Array
+        float32, shape ``(n,)``.
+
+    Raises
+    ------
+    ValueError
+        For malformed ``stacked`` (no leaf, a scalar leaf, unequal worker
+        axes), or the compressor's own errors.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> out, bits = compress_workers(top_k(1), 0, jnp.array([[1.0, -5.0], [2.0, 1.0]]))
+    >>> out.tolist(), bits.tolist()  # 32 + 1 bits each
+    ([[0.0, -5.0], [2.0, 0.0]], [33.0, 33.0])
     """
     n = kernels.num_workers(stacked, compressor.name)
     keys = jax.random.split(as_key(key), n)
@@ -523,9 +701,26 @@ for _name, _factory in (
 def make_compressor(name: str, **kwargs: Any) -> Compressor:
     """Build a compressor by name, e.g. ``make_compressor("top_k", k=0.1)``.
 
+    Parameters
+    ----------
+    name : str
+        ``"identity"``, ``"rand_k"``, ``"top_k"``, ``"random_dithering"``,
+        ``"natural_compression"`` or a user-registered name.
+    **kwargs
+        The factory's arguments.
+
+    Returns
+    -------
+    Compressor
+
     Raises
     ------
     ValueError
         For an unknown name; the message lists the valid names.
+
+    Examples
+    --------
+    >>> make_compressor("top_k", k=0.5).params
+    (('k', 0.5),)
     """
     return COMPRESSORS.build(name, **kwargs)

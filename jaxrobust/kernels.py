@@ -52,7 +52,40 @@ _BLOCK = 8192
 
 
 def check_f(name: str, f: int, *, minimum: int = 0, label: str = "f") -> int:
-    """Validate an integer setting (by default ``f``) at construction time."""
+    """Validate an integer setting (by default ``f``) at construction time.
+
+    Parameters
+    ----------
+    name : str
+        The rule's name, for messages.
+    f : int
+        The value (Python or numpy integer; ``bool`` is refused).
+    minimum : int
+        Smallest accepted value.
+    label : str
+        The setting's name, for messages.
+
+    Returns
+    -------
+    int
+        ``int(f)``.
+
+    Raises
+    ------
+    TypeError
+        ``"<name> needs an integer <label>, got <label>=.."``.
+    ValueError
+        ``"<name> needs <label> >= <minimum>, got <label>=.."``.
+
+    Examples
+    --------
+    >>> check_f("krum", 2)
+    2
+    >>> check_f("bucketing", 0, minimum=1, label="bucket_size")
+    Traceback (most recent call last):
+    ...
+    ValueError: bucketing needs bucket_size >= 1, got bucket_size=0
+    """
     if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
         raise TypeError(f"{name} needs an integer {label}, got {label}={f!r}")
     if f < minimum:
@@ -61,7 +94,37 @@ def check_f(name: str, f: int, *, minimum: int = 0, label: str = "f") -> int:
 
 
 def num_workers(updates: PyTree, name: str = "rule") -> int:
-    """Size of the leading worker axis, the same on every leaf."""
+    """Size of the leading worker axis, the same on every leaf.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+    name : str
+        The rule's name, for messages.
+
+    Returns
+    -------
+    int
+        ``n``.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> got an empty pytree of updates"``; ``"<name> needs a
+        leading worker axis on every leaf, got a scalar leaf"``; ``"<name>
+        needs the same worker axis size on every leaf, got sizes [..]"``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> num_workers({"w": jnp.zeros((4, 3)), "b": jnp.zeros((4,))})
+    4
+    >>> num_workers({"w": jnp.zeros((4, 3)), "b": jnp.zeros((5,))}, "krum")
+    Traceback (most recent call last):
+    ...
+    ValueError: krum needs the same worker axis size on every leaf, got sizes [4, 5]
+    """
     leaves = jax.tree_util.tree_leaves(updates)
     if not leaves:
         raise ValueError(f"{name} got an empty pytree of updates")
@@ -78,10 +141,26 @@ def num_workers(updates: PyTree, name: str = "rule") -> int:
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype sums run in: ``dtype`` promoted to at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> accumulation_dtype(jnp.bfloat16), accumulation_dtype(jnp.float32)
+    (dtype('float32'), dtype('float32'))
+    """
     return jnp.promote_types(dtype, jnp.float32)
 
 
 def worker_rows(leaf: Array) -> Array:
+    """A leaf of shape ``(n, ...)`` viewed as ``(n, d_leaf)`` rows.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> worker_rows(jnp.zeros((3, 2, 4))).shape
+    (3, 8)
+    """
     return jnp.reshape(leaf, (leaf.shape[0], -1))
 
 
@@ -94,6 +173,24 @@ def worker_squared_norms(updates: PyTree) -> Array:
     """Squared global l2 norm of every worker vector, shape ``(n,)``, float32+.
 
     Non-finite vectors give ``inf`` (never NaN).
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = {"a": jnp.array([[3.0], [0.0], [jnp.nan]])}
+    >>> x["b"] = jnp.array([[4.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    >>> worker_squared_norms(x).tolist()
+    [25.0, 1.0, inf]
     """
     total = None
     for leaf in jax.tree_util.tree_leaves(updates):
@@ -107,6 +204,24 @@ def worker_norms(updates: PyTree) -> Array:
     """Global l2 norm of every worker vector over all leaves, shape ``(n,)``.
 
     A vector with a NaN or infinite entry has norm ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = {"a": jnp.array([[3.0], [0.0], [jnp.nan]])}
+    >>> x["b"] = jnp.array([[4.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    >>> worker_norms(x).tolist()
+    [5.0, 1.0, inf]
     """
     return jnp.sqrt(worker_squared_norms(updates))
 
@@ -136,9 +251,25 @@ def _leaf_gram(rows: Array) -> Array:
 def gram_matrix(updates: PyTree) -> Array:
     """Inner products between worker vectors, ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``.
 
-    Summed over all leaves in at least float32. Entries involving a bad
-    vector may be NaN or inf; use :func:`pairwise_squared_distances` for the
-    NaN-safe view.
+    Summed over all leaves in at least float32 (each product at
+    ``Precision.HIGHEST``). Entries involving a bad vector may be NaN or
+    inf; use :func:`pairwise_squared_distances` for the NaN-safe view.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n, n)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> gram_matrix({"a": jnp.array([[3.0, 4.0], [1.0, 0.0]])}).tolist()
+    [[25.0, 3.0], [3.0, 1.0]]
     """
     total = None
     for leaf in jax.tree_util.tree_leaves(updates):
@@ -149,15 +280,49 @@ def gram_matrix(updates: PyTree) -> Array:
 
 
 def finite_from_gram(gram: Array) -> Array:
-    """Which worker vectors are finite, from the Gram diagonal (squared norms)."""
+    """Which worker vectors are finite, from the Gram diagonal (squared norms).
+
+    Parameters
+    ----------
+    gram : Array
+        Shape ``(n, n)``.
+
+    Returns
+    -------
+    Array
+        Bool, shape ``(n,)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> finite_from_gram(jnp.array([[1.0, 0.0], [0.0, jnp.inf]])).tolist()
+    [True, False]
+    """
     return jnp.isfinite(jnp.diagonal(gram))
 
 
 def distances_from_gram(gram: Array) -> Array:
     """Squared distances ``||x_i - x_j||^2`` from a Gram matrix, NaN-safe.
 
-    Clamped at 0 against rounding; ``inf`` on every row and column of a bad
+    ``G_ii + G_jj - 2 G_ij``, clamped at 0 against rounding; exactly 0 on
+    the diagonal of finite vectors; ``inf`` on every row and column of a bad
     vector, diagonal included.
+
+    Parameters
+    ----------
+    gram : Array
+        Shape ``(n, n)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n, n)``, the dtype of ``gram``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> distances_from_gram(jnp.array([[25.0, 3.0], [3.0, 1.0]])).tolist()
+    [[0.0, 20.0], [20.0, 0.0]]
     """
     diag = jnp.diagonal(gram)
     finite = jnp.isfinite(diag)
@@ -174,6 +339,24 @@ def pairwise_squared_distances(updates: PyTree) -> Array:
 
     Computed from the Gram matrix (one blocked product over the data). A bad
     vector is at distance ``inf`` from everything, itself included.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n, n)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = {"a": jnp.array([[3.0], [0.0], [jnp.nan]])}
+    >>> x["b"] = jnp.array([[4.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    >>> pairwise_squared_distances(x).tolist()
+    [[0.0, 18.0, inf], [18.0, 0.0, inf], [inf, inf, inf]]
     """
     return distances_from_gram(gram_matrix(updates))
 
@@ -182,6 +365,24 @@ def squared_distances_to(updates: PyTree, center: PyTree) -> Array:
     """Squared distance of every worker vector to one vector ``center``, ``(n,)``.
 
     ``center`` has no worker axis. One fused pass; bad vectors give ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+    center : pytree
+        Same structure, leaves of shape ``(...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> squared_distances_to(jnp.array([[3.0, 4.0], [1.0, 0.0]]), jnp.zeros(2)).tolist()
+    [25.0, 1.0]
     """
     total = None
     for leaf, c in zip(
@@ -205,6 +406,27 @@ def weighted_sum(weights: Array, updates: PyTree, *, skip_zero: bool = True) -> 
     With ``skip_zero`` a row of weight exactly 0 contributes nothing even if
     it holds NaN or inf (``0 * inf`` would be NaN). The result has the input
     dtype; the sum runs in at least float32.
+
+    Parameters
+    ----------
+    weights : Array
+        Shape ``(n,)``.
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+    skip_zero : bool
+        Whether rows of weight 0 are skipped.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0, 2.0], [3.0, 4.0], [jnp.inf, 0.0]])
+    >>> weighted_sum(jnp.array([0.5, 0.5, 0.0]), x).tolist()
+    [2.0, 3.0]
     """
 
     def one(leaf):
@@ -231,6 +453,28 @@ def mix_rows(weights: Array, updates: PyTree, finite: Array | None = None) -> Py
     Bad rows listed by ``finite`` (bool, ``(n,)``) are zeroed first, so a
     weight of 0 on them gives an exactly finite output. Output leaves have a
     leading axis of size ``m`` and the input dtype.
+
+    Parameters
+    ----------
+    weights : Array
+        Shape ``(m, n)``.
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+    finite : Array or None
+        Bool, shape ``(n,)``, or ``None`` when every row is finite.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(m, ...)``, in the input dtype.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0], [3.0], [jnp.nan]])
+    >>> w = jnp.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    >>> mix_rows(w, x, jnp.array([True, True, False])).tolist()
+    [[2.0], [3.0]]
     """
 
     def one(leaf):
@@ -253,7 +497,26 @@ def mix_rows(weights: Array, updates: PyTree, finite: Array | None = None) -> Py
 
 
 def scale_rows(scales: Array, updates: PyTree) -> PyTree:
-    """``x_i * scales[i]``; a row with scale 0 becomes exactly zero (even if bad)."""
+    """``x_i * scales[i]``; a row with scale 0 becomes exactly zero (even if bad).
+
+    Parameters
+    ----------
+    scales : Array
+        Shape ``(n,)``, non-negative.
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    pytree
+        ``updates``' structure, shapes and dtypes.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> scale_rows(jnp.array([2.0, 0.0]), jnp.array([[1.0, 2.0], [jnp.nan, 1.0]])).tolist()
+    [[2.0, 4.0], [0.0, 0.0]]
+    """
 
     def one(leaf):
         acc = accumulation_dtype(leaf.dtype)
@@ -273,6 +536,29 @@ def smallest_mask(values: Array, k: int) -> Array:
     """Boolean mask of the ``k`` smallest entries along the last axis.
 
     Ties go to the lower index; ``inf`` entries are taken last.
+
+    Parameters
+    ----------
+    values : Array
+        Shape ``(..., n)``.
+    k : int
+        ``0 <= k <= n``.
+
+    Returns
+    -------
+    Array
+        Bool, the shape of ``values``, ``k`` True per row.
+
+    Raises
+    ------
+    ValueError
+        ``"cannot select <k> of <n> entries"``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> smallest_mask(jnp.array([3.0, 1.0, jnp.inf, 1.0]), 2).tolist()
+    [False, True, False, True]
     """
     n = values.shape[-1]
     if not 0 <= k <= n:
@@ -283,7 +569,14 @@ def smallest_mask(values: Array, k: int) -> Array:
 
 
 def smallest_sum(values: Array, k: int) -> Array:
-    """Sum of the ``k`` smallest entries along the last axis."""
+    """Sum of the ``k`` smallest entries along the last axis.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(smallest_sum(jnp.array([3.0, 1.0, 5.0, 2.0]), 2))
+    3.0
+    """
     return jnp.sum(jnp.sort(values, axis=-1)[..., :k], axis=-1)
 
 
@@ -299,6 +592,25 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     Applying ``(min, max)`` to every pair in order sorts any input ascending.
     ``O(n log^2 n)`` comparators; XLA drops those that do not reach the
     outputs a rule uses.
+
+    Parameters
+    ----------
+    n : int
+        Number of wires.
+
+    Returns
+    -------
+    tuple of (int, int)
+
+    References
+    ----------
+    K. E. Batcher, "Sorting networks and their applications", AFIPS Spring
+    Joint Computer Conference, 1968.
+
+    Examples
+    --------
+    >>> sorting_network(4)
+    ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
     """
     pairs = []
     p = 1
@@ -319,6 +631,23 @@ def sort_rows(rows: Sequence[Array]) -> list[Array]:
 
     NaN sorts as ``+inf``, so up to ``f`` bad rows only occupy the top
     ``f`` places (or the bottom ones for ``-inf``).
+
+    Parameters
+    ----------
+    rows : sequence of Array
+        Equal shapes.
+
+    Returns
+    -------
+    list of Array
+        Same length and shapes; element ``j`` holds the ``j``-th smallest
+        value of every coordinate.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> [r.tolist() for r in sort_rows([jnp.array([3.0, jnp.nan]), jnp.array([1.0, 2.0])])]
+    [[1.0, 2.0], [3.0, inf]]
     """
     out = [jnp.where(jnp.isnan(r), jnp.inf, r) for r in rows]
     select = len(out) <= _SELECT_NETWORK_MAX
@@ -334,12 +663,25 @@ def sort_rows(rows: Sequence[Array]) -> list[Array]:
 
 
 def sorted_workers(leaf: Array) -> list[Array]:
-    """The rows of a worker-stacked leaf, sorted coordinate-wise (ascending)."""
+    """The rows of a worker-stacked leaf, sorted coordinate-wise (ascending).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> [r.tolist() for r in sorted_workers(jnp.array([[2.0, 0.0], [1.0, 5.0]]))]
+    [[1.0, 0.0], [2.0, 5.0]]
+    """
     return sort_rows([leaf[i] for i in range(leaf.shape[0])])
 
 
 def subsets_count(n: int, size: int) -> int:
-    """Number of subsets of ``size`` workers among ``n``."""
+    """Number of subsets of ``size`` workers among ``n``.
+
+    Examples
+    --------
+    >>> subsets_count(5, 3)
+    10
+    """
     return math.comb(n, size)
 
 
@@ -362,6 +704,32 @@ def sample_without_replacement(key: Array, population: int, size: int) -> Array:
     (where ``cond`` runs both branches, a full sort of ``d`` per worker)
     the loop body practically never runs. Ties in the 32-bit keys are
     broken by a second random 32-bit key.
+
+    Parameters
+    ----------
+    key : Array
+        A PRNG key.
+    population : int
+        ``d``.
+    size : int
+        ``k``, with ``0 <= k <= d``.
+
+    Returns
+    -------
+    Array
+        int32, shape ``(k,)``, distinct indices in ``[0, d)``.
+
+    Raises
+    ------
+    ValueError
+        ``"cannot draw <k> distinct indices from <d>"``.
+
+    Examples
+    --------
+    >>> import jax
+    >>> idx = sample_without_replacement(jax.random.key(0), 1000, 10)
+    >>> idx.shape, len(set(idx.tolist())), bool((idx >= 0).all() & (idx < 1000).all())
+    ((10,), 10, True)
     """
     if not 0 <= size <= population:
         raise ValueError(f"cannot draw {size} distinct indices from {population}")

@@ -32,7 +32,49 @@ def arc(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     is the identity. If ``F`` is ``(f, kappa)``-robust, ``F o ARC`` is
     ``(f, 3 kappa)``-robust, and the aggregate's norm is bounded by the
     largest honest norm. Needs ``n > 2f``. Vectors with NaN or inf entries
-    become zero vectors.
+    become zero vectors. See :func:`jaxrobust.functional.arc`.
+
+    Parameters
+    ----------
+    f : int
+        Declared number of Byzantine workers, ``f >= 0``.
+    n : int or None
+        Number of workers; when given, ``n > 2f`` is checked now and
+        ``update`` refuses other worker counts.
+
+    Returns
+    -------
+    optax.GradientTransformation
+        Empty state; ``update`` keeps the shapes ``(n, ...)`` and dtypes.
+
+    Raises
+    ------
+    TypeError
+        If ``f`` is not an integer.
+    ValueError
+        If ``f < 0``; ``"arc needs n > 2f, got n=.., f=.."`` (at construction
+        when ``n`` is given, else in ``update``); in ``update``,
+        ``"arc was built for n=.. workers, got updates with n=.."``.
+
+    References
+    ----------
+    Y. Allouah, R. Guerraoui, N. Gupta, A. Jellouli, G. Rizk, J. Stephan,
+    "Boosting robustness by clipping gradients in distributed learning",
+    2024 (ICLR 2025 as "Adaptive gradient clipping for robust federated
+    learning").
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> tx = arc(f=1, n=4)
+    >>> x = jnp.array([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0], [0.0, 0.5]])
+    >>> out, _ = tx.update(x, tx.init(x[0]))
+    >>> np.round(np.asarray(out), 4)
+    array([[3. , 4. ],
+           [0. , 1. ],
+           [3. , 4. ],
+           [0. , 0.5]], dtype=float32)
     """
     f = kernels.check_f("arc", f)
     return stateless_rule("arc", partial(P.arc, f=f), partial(P.check_arc, f=f), n)
@@ -43,6 +85,32 @@ def clip(max_norm: float) -> optax.GradientTransformation:
 
     The norm is global over all leaves of a worker's vector. Vectors with
     NaN or inf entries become zero vectors.
+
+    Parameters
+    ----------
+    max_norm : float
+        ``C >= 0``.
+
+    Returns
+    -------
+    optax.GradientTransformation
+        Empty state; ``update`` keeps the shapes ``(n, ...)`` and dtypes.
+
+    Raises
+    ------
+    ValueError
+        ``"clip needs max_norm >= 0, got max_norm=.."`` (also for NaN).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> tx = clip(2.0)
+    >>> x = jnp.array([[3.0, 4.0], [0.0, 1.0]])
+    >>> out, _ = tx.update(x, tx.init(x[0]))
+    >>> np.round(np.asarray(out), 4)
+    array([[1.2, 1.6],
+           [0. , 1. ]], dtype=float32)
     """
     if not max_norm >= 0:
         raise ValueError(f"clip needs max_norm >= 0, got max_norm={max_norm}")
@@ -55,7 +123,45 @@ def nnm(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 
     Each ``x_i`` becomes the average of its ``n - f`` nearest vectors (itself
     included). Needs ``n > f``. If ``F`` is ``(f, kappa)``-robust, ``F o NNM``
-    is ``(f, O(kappa f/n))``-robust.
+    is ``(f, O(kappa f/n))``-robust. See :func:`jaxrobust.functional.nnm`.
+
+    Parameters
+    ----------
+    f : int
+        Declared number of Byzantine workers, ``f >= 0``.
+    n : int or None
+        Number of workers; when given, ``n > f`` is checked now and
+        ``update`` refuses other worker counts.
+
+    Returns
+    -------
+    optax.GradientTransformation
+        Empty state; ``update`` keeps the shapes ``(n, ...)`` and dtypes.
+
+    Raises
+    ------
+    TypeError
+        If ``f`` is not an integer.
+    ValueError
+        If ``f < 0``; ``"nnm needs n > f, got n=.., f=.."`` (at construction
+        when ``n`` is given, else in ``update``); in ``update``,
+        ``"nnm was built for n=.. workers, got updates with n=.."``.
+
+    References
+    ----------
+    Y. Allouah, S. Farhadkhani, R. Guerraoui, N. Gupta, R. Pinot, J. Stephan,
+    "Fixing by mixing: a recipe for optimal Byzantine ML under
+    heterogeneity", AISTATS 2023.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> tx = nnm(f=1, n=4)
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> out, _ = tx.update(x, tx.init(x[0]))
+    >>> np.round(np.asarray(out), 4).ravel()
+    array([1.    , 1.    , 1.    , 4.3333], dtype=float32)
     """
     f = kernels.check_f("nnm", f)
     return stateless_rule("nnm", partial(P.nnm, f=f), partial(P.check_nnm, f=f), n)
@@ -69,6 +175,54 @@ def bucketing(
     Shuffle the ``n`` vectors with a fresh key each step (from ``key``, kept
     in the state, or ``key=`` passed to ``update``), then average consecutive
     buckets of ``bucket_size``: ``ceil(n / bucket_size)`` vectors come out.
+    See :func:`jaxrobust.functional.bucketing`.
+
+    Parameters
+    ----------
+    bucket_size : int
+        ``s``, with ``1 <= s <= n``.
+    key : int or Array
+        Seed or PRNG key of the first step.
+    n : int or None
+        Number of workers; when given, ``bucket_size <= n`` is checked now
+        and ``update`` refuses other worker counts.
+
+    Returns
+    -------
+    optax.GradientTransformationExtraArgs
+        State :class:`jaxrobust.transforms.KeyState`; ``update`` maps leaves
+        of shape ``(n, ...)`` to ``(ceil(n / s), ...)``.
+
+    Raises
+    ------
+    TypeError
+        If ``bucket_size`` is not an integer.
+    ValueError
+        ``"bucketing needs bucket_size >= 1, got bucket_size=.."``;
+        ``"bucketing needs bucket_size <= n, got n=.., bucket_size=.."``;
+        in ``update``, ``"bucketing was built for n=.. workers, got updates with n=.."``.
+
+    References
+    ----------
+    S. P. Karimireddy, L. He, M. Jaggi, "Byzantine-robust learning on
+    heterogeneous datasets via bucketing", ICLR 2022.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    >>> tx = bucketing(2, key=0, n=5)
+    >>> out, state = tx.update(x, tx.init(x[0]))
+    >>> out.shape  # buckets of 2, 2 and 1
+    (3, 1)
+    >>> tx = bucketing(5, key=0, n=5)
+    >>> np.asarray(tx.update(x, tx.init(x[0]))[0])
+    array([[2.]], dtype=float32)
+    >>> bucketing(6, n=5)
+    Traceback (most recent call last):
+    ...
+    ValueError: bucketing needs bucket_size <= n, got n=5, bucket_size=6
     """
     bucket_size = kernels.check_f("bucketing", bucket_size, minimum=1, label="bucket_size")
 

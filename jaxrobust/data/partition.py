@@ -1,11 +1,11 @@
 """Heterogeneous splits of a data set over honest workers.
 
 :func:`partition` gives each worker an array of example indices, reproducibly
-from a seed, under one of the schemes of ``HETEROGENEITY`` (ALGORITHMS.md
-section 6). :func:`class_counts` and :func:`format_class_table` print the
-resulting workers x classes table. :func:`stack_partition` turns the ragged
-split into padded device-friendly arrays and :func:`sample_batches` draws
-per-worker minibatches from them inside a jitted step::
+from a seed, under one of the schemes of ``HETEROGENEITY`` (see
+:func:`partition` for their definitions). :func:`class_counts` and
+:func:`format_class_table` print the resulting workers x classes table.
+:func:`stack_partition` turns the ragged split into padded device-friendly
+arrays and :func:`sample_batches` draws per-worker minibatches from them inside a jitted step::
 
     parts = partition(ds.y_train, 10, "dirichlet", alpha=0.1, seed=0)
     print(format_class_table(class_counts(ds.y_train, parts, ds.num_classes)))
@@ -40,7 +40,32 @@ HETEROGENEITY = registry("heterogeneity")
 
 @HETEROGENEITY.register("iid")
 def iid(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """A uniformly random split into near-equal parts."""
+    """A uniformly random split into near-equal parts.
+
+    Sizes differ by at most one (``np.array_split`` of a permutation).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels, shape ``(num_examples,)``.
+    num_workers : int
+        Number of workers, ``1 <= num_workers <= num_examples``.
+    rng : np.random.Generator
+        The source of randomness.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``num_workers`` disjoint integer index arrays covering
+        ``range(num_examples)`` (unsorted; :func:`partition` sorts them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> [len(p) for p in iid(y, 3, np.random.default_rng(0))]
+    [3, 3, 2]
+    """
     return np.array_split(rng.permutation(len(labels)), num_workers)
 
 
@@ -48,7 +73,48 @@ def iid(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[
 def dirichlet(
     labels: np.ndarray, num_workers: int, rng: np.random.Generator, alpha: float = 1.0
 ) -> list[np.ndarray]:
-    """Per-class proportions drawn from Dir(alpha); no worker left empty."""
+    """Per-class proportions drawn from Dir(alpha); no worker left empty.
+
+    For each class, proportions ``p ~ Dir(alpha * 1)`` over the workers cut
+    that class's shuffled examples; then every empty worker receives one
+    example taken at random from the currently largest worker.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels, shape ``(num_examples,)``.
+    num_workers : int
+        Number of workers, ``1 <= num_workers <= num_examples``.
+    rng : np.random.Generator
+        The source of randomness.
+    alpha : float
+        Concentration, ``> 0`` (small: very heterogeneous).
+
+    Returns
+    -------
+    list of np.ndarray
+        ``num_workers`` disjoint integer index arrays covering
+        ``range(num_examples)`` (unsorted; :func:`partition` sorts them).
+
+    Raises
+    ------
+    ValueError
+        ``"dirichlet needs alpha > 0, got alpha=.."``.
+
+    References
+    ----------
+    T.-M. H. Hsu, H. Qi, M. Brown, "Measuring the effects of non-identical
+    data distribution for federated visual classification", arXiv:1909.06335,
+    2019.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> parts = dirichlet(y, 2, np.random.default_rng(0), alpha=0.5)
+    >>> sorted(np.concatenate(parts).tolist()) == list(range(8)), min(map(len, parts)) > 0
+    (True, True)
+    """
     if not alpha > 0:
         raise ValueError(f"dirichlet needs alpha > 0, got alpha={alpha}")
     return _dirichlet(labels, num_workers, float(alpha), rng)
@@ -58,7 +124,47 @@ def dirichlet(
 def gamma_similarity(
     labels: np.ndarray, num_workers: int, rng: np.random.Generator, gamma: float = 0.5
 ) -> list[np.ndarray]:
-    """A fraction gamma split iid, the rest sorted by label into contiguous chunks."""
+    """A fraction gamma split iid, the rest sorted by label into contiguous chunks.
+
+    ``gamma = 1`` is iid, ``gamma = 0`` is :func:`extreme`; every worker gets
+    ``num_examples / num_workers`` examples up to one or two.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels, shape ``(num_examples,)``.
+    num_workers : int
+        Number of workers, ``1 <= num_workers <= num_examples``.
+    rng : np.random.Generator
+        The source of randomness.
+    gamma : float
+        Fraction split iid, in ``[0, 1]``.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``num_workers`` disjoint integer index arrays covering
+        ``range(num_examples)`` (unsorted; :func:`partition` sorts them).
+
+    Raises
+    ------
+    ValueError
+        ``"gamma_similarity needs 0 <= gamma <= 1, got gamma=.."``.
+
+    References
+    ----------
+    S. P. Karimireddy, S. Kale, M. Mohri, S. J. Reddi, S. U. Stich,
+    A. T. Suresh, "SCAFFOLD: stochastic controlled averaging for federated
+    learning", ICML 2020 (the "similarity" split of its experiments).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> parts = gamma_similarity(y, 2, np.random.default_rng(0), gamma=0.0)
+    >>> class_counts(y, parts, 3).tolist()
+    [[3, 1, 0], [0, 2, 2]]
+    """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma_similarity needs 0 <= gamma <= 1, got gamma={gamma}")
     return _gamma_similarity(labels, num_workers, float(gamma), rng)
@@ -66,7 +172,33 @@ def gamma_similarity(
 
 @HETEROGENEITY.register("extreme")
 def extreme(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Sorted by label, cut into contiguous near-equal chunks, one per worker."""
+    """Sorted by label, cut into contiguous near-equal chunks, one per worker.
+
+    Worker ``w`` gets chunk ``w`` (the lowest labels go to worker 0); ties
+    within a class are broken by ``rng``.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels, shape ``(num_examples,)``.
+    num_workers : int
+        Number of workers, ``1 <= num_workers <= num_examples``.
+    rng : np.random.Generator
+        The source of randomness.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``num_workers`` disjoint integer index arrays covering
+        ``range(num_examples)`` (unsorted; :func:`partition` sorts them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> class_counts(y, extreme(y, 2, np.random.default_rng(0)), 3).tolist()
+    [[3, 1, 0], [0, 2, 2]]
+    """
     return np.array_split(_label_sorted(labels, rng.permutation(len(labels))), num_workers)
 
 
@@ -74,7 +206,52 @@ def extreme(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> l
 def shards(
     labels: np.ndarray, num_workers: int, rng: np.random.Generator, shards_per_worker: int = 2
 ) -> list[np.ndarray]:
-    """Sorted by label, cut into shards; each worker gets ``shards_per_worker`` at random."""
+    """Sorted by label, cut into shards; each worker gets ``shards_per_worker`` at random.
+
+    The ``num_workers * shards_per_worker`` shards are near-equal contiguous
+    pieces of the label-sorted examples.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer class labels, shape ``(num_examples,)``.
+    num_workers : int
+        Number of workers, ``1 <= num_workers <= num_examples``.
+    rng : np.random.Generator
+        The source of randomness.
+    shards_per_worker : int
+        Shards per worker, ``>= 1``, with
+        ``num_workers * shards_per_worker <= num_examples``.
+
+    Returns
+    -------
+    list of np.ndarray
+        ``num_workers`` disjoint integer index arrays covering
+        ``range(num_examples)`` (unsorted; :func:`partition` sorts them).
+
+    Raises
+    ------
+    ValueError
+        ``"shards needs shards_per_worker >= 1, got shards_per_worker=.."``;
+        ``"shards needs num_workers * shards_per_worker <= .. examples, got .."``.
+
+    References
+    ----------
+    H. B. McMahan, E. Moore, D. Ramage, S. Hampson, B. Aguera y Arcas,
+    "Communication-efficient learning of deep networks from decentralized
+    data", AISTATS 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> [len(p) for p in shards(y, 2, np.random.default_rng(0))]
+    [4, 4]
+    >>> shards(y, 5, np.random.default_rng(0))
+    Traceback (most recent call last):
+    ...
+    ValueError: shards needs num_workers * shards_per_worker <= 8 examples, got 5 * 2 = 10
+    """
     n = len(labels)
     if int(shards_per_worker) != shards_per_worker or shards_per_worker < 1:
         raise ValueError(
@@ -159,7 +336,29 @@ def partition(
     Raises
     ------
     ValueError
-        Unknown scheme, or an argument out of its bounds.
+        ``labels`` not 1-D or not integer; ``num_workers`` not an integer
+        ``>= 1`` or above ``num_examples``; an unknown scheme (the message
+        lists the registered ones); or a scheme's option out of bounds
+        (``alpha > 0``, ``0 <= gamma <= 1``, ``shards_per_worker >= 1`` and
+        ``num_workers * shards_per_worker <= num_examples``).
+
+    References
+    ----------
+    Dirichlet: Hsu, Qi, Brown, arXiv:1909.06335, 2019. Gamma similarity:
+    Karimireddy et al., "SCAFFOLD", ICML 2020. Shards: McMahan et al.,
+    AISTATS 2017.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    >>> parts = partition(y, 2, "extreme", seed=0)
+    >>> [p.dtype.name for p in parts], class_counts(y, parts, 3).tolist()
+    (['int64', 'int64'], [[3, 1, 0], [0, 2, 2]])
+    >>> partition(y, 9)
+    Traceback (most recent call last):
+    ...
+    ValueError: more workers than examples: num_workers=9 > 8 examples ...
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -246,6 +445,17 @@ def class_counts(
     -------
     np.ndarray
         ``int64`` array of shape ``(num_workers, num_classes)``.
+
+    Raises
+    ------
+    ValueError
+        ``"labels must lie in [0, num_classes=..), got range [.., ..]"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class_counts(np.array([0, 1, 1, 2]), [np.array([0, 1]), np.array([2, 3])]).tolist()
+    [[1, 1, 0], [0, 1, 1]]
     """
     labels = np.asarray(labels)
     if num_classes is None:
@@ -273,6 +483,22 @@ def format_class_table(counts: np.ndarray) -> str:
     str
         Right-aligned columns: one row per worker, one column per class, a
         ``total`` column and a final ``total`` row.
+
+    Raises
+    ------
+    ValueError
+        ``"counts must be 2-D (workers x classes), got shape .."``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> print(format_class_table(np.array([[3, 1, 0], [0, 2, 2]])))
+    worker  c0  c1  c2  total
+    -------------------------
+         0   3   1   0      4
+         1   0   2   2      4
+    -------------------------
+     total   3   3   2      8
     """
     counts = np.asarray(counts, np.int64)
     if counts.ndim != 2:
@@ -306,6 +532,19 @@ def stack_partition(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
         again (never with another worker's indices).
     sizes : np.ndarray
         ``int32``, shape ``(num_workers,)``: the number of valid entries per row.
+
+    Raises
+    ------
+    ValueError
+        ``"stack_partition needs at least one worker"``; ``"every worker
+        needs at least one index; empty: [..]"``; ``"indices do not fit in int32"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> indices, sizes = stack_partition([np.array([4, 5, 6]), np.array([1])])
+    >>> indices.tolist(), sizes.tolist()
+    ([[4, 5, 6], [1, 1, 1]], [3, 1])
     """
     if not len(parts):
         raise ValueError("stack_partition needs at least one worker")
@@ -344,6 +583,15 @@ def sample_batches(
         ``(num_workers, batch_size)`` indices into the data set: row ``w`` is
         drawn uniformly with replacement from ``indices[w, :sizes[w]]``.
         Pure JAX; usable inside ``jit``/``vmap``.
+
+    Examples
+    --------
+    >>> import jax
+    >>> import numpy as np
+    >>> indices, sizes = stack_partition([np.array([4, 5, 6]), np.array([1])])
+    >>> batch = np.asarray(sample_batches(jax.random.key(0), indices, sizes, 4))
+    >>> batch.shape, set(batch[0].tolist()) <= {4, 5, 6}, batch[1].tolist()
+    ((2, 4), True, [1, 1, 1, 1])
     """
     keys = jax.random.split(key, indices.shape[0])
 

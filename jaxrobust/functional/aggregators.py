@@ -1,10 +1,16 @@
 """Robust aggregators as pure functions on worker-stacked pytrees.
 
-Each function takes ``updates`` whose every leaf has a leading worker axis of
-size ``n`` and returns one pytree without that axis, in the input dtype.
-Bounds on ``n`` and ``f`` are checked with Python errors when the shapes are
-known (at trace time). The optax transformations in
-:mod:`jaxrobust.aggregators` wrap these functions.
+Each function takes ``updates``, a pytree whose every leaf is a floating
+array of shape ``(n, ...)`` (a leading worker axis of size ``n``; worker
+``i``'s vector ``x_i`` is the concatenation of its rows over all leaves), and
+returns one pytree without that axis, with the leaves' shapes ``(...)`` and
+dtypes. Sums run in at least float32. ``f`` is the declared number of
+Byzantine workers. Bounds on ``n`` and ``f`` are checked with a
+``ValueError`` when the shapes are known (at trace time under ``jit``). The
+optax transformations in :mod:`jaxrobust.aggregators` wrap these functions.
+
+A vector with a NaN or infinite entry is *bad*: its norm and its distances
+are ``inf`` (see :mod:`jaxrobust.kernels`).
 """
 
 from __future__ import annotations
@@ -29,35 +35,186 @@ MDA_MAX_SUBSETS = 200_000
 
 
 def require(name: str, condition: bool, bound: str, **values: int) -> None:
-    """Raise ``ValueError('<name> needs <bound>, got n=.., f=..')`` unless ``condition``."""
+    """Raise ``ValueError('<name> needs <bound>, got n=.., f=..')`` unless ``condition``.
+
+    Parameters
+    ----------
+    name : str
+        The rule's name, first word of the message.
+    condition : bool
+        The bound, already evaluated.
+    bound : str
+        The bound as text, e.g. ``"n > 2f"``.
+    **values : int
+        The quantities the bound is about, listed in the message.
+
+    Raises
+    ------
+    ValueError
+        ``"<name> needs <bound>, got k1=v1, k2=v2"`` when ``condition`` is false.
+
+    Examples
+    --------
+    >>> require("krum", 4 > 2 * 1 + 2, "n > 2f + 2", n=4, f=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: krum needs n > 2f + 2, got n=4, f=1
+    """
     if not condition:
         got = ", ".join(f"{k}={v}" for k, v in values.items())
         raise ValueError(f"{name} needs {bound}, got {got}")
 
 
 def check_trimmed_mean(n: int, f: int) -> None:
+    """Check the bound of :func:`trimmed_mean`: ``n > 2f``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"trimmed_mean needs n > 2f, got n=.., f=.."`` when ``n <= 2f``.
+
+    Examples
+    --------
+    >>> check_trimmed_mean(5, 2)
+    >>> check_trimmed_mean(4, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: trimmed_mean needs n > 2f, got n=4, f=2
+    """
     require("trimmed_mean", n > 2 * f, "n > 2f", n=n, f=f)
 
 
 def check_median(n: int, f: int) -> None:
+    """Check the bound of :func:`median` for a declared ``f``: ``n > 2f``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"median needs n > 2f, got n=.., f=.."`` when ``n <= 2f``.
+
+    Examples
+    --------
+    >>> check_median(3, 1)
+    >>> check_median(2, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: median needs n > 2f, got n=2, f=1
+    """
     require("median", n > 2 * f, "n > 2f", n=n, f=f)
 
 
 def check_meamed(n: int, f: int) -> None:
+    """Check the bound of :func:`meamed`: ``n > 2f``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"meamed needs n > 2f, got n=.., f=.."`` when ``n <= 2f``.
+
+    Examples
+    --------
+    >>> check_meamed(2, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: meamed needs n > 2f, got n=2, f=1
+    """
     require("meamed", n > 2 * f, "n > 2f", n=n, f=f)
 
 
 def check_krum(n: int, f: int) -> None:
+    """Check the bound of :func:`krum`: ``n > 2f + 2``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"krum needs n > 2f + 2, got n=.., f=.."`` when ``n <= 2f + 2``.
+
+    Examples
+    --------
+    >>> check_krum(5, 1)
+    >>> check_krum(4, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: krum needs n > 2f + 2, got n=4, f=1
+    """
     require("krum", n > 2 * f + 2, "n > 2f + 2", n=n, f=f)
 
 
 def check_multi_krum(n: int, f: int, m: int | None) -> None:
+    """Check the bounds of :func:`multi_krum`: ``n > 2f + 2`` and ``1 <= m <= n``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+    m : int or None
+        Number of vectors averaged; ``None`` (meaning ``n - f``) is not checked.
+
+    Raises
+    ------
+    ValueError
+        ``"multi_krum needs n > 2f + 2, got n=.., f=.."`` when ``n <= 2f + 2``;
+        ``"multi_krum needs 1 <= m <= n, got n=.., m=.."`` otherwise when
+        ``m`` is out of range.
+
+    Examples
+    --------
+    >>> check_multi_krum(5, 1, None)
+    >>> check_multi_krum(5, 1, 6)
+    Traceback (most recent call last):
+    ...
+    ValueError: multi_krum needs 1 <= m <= n, got n=5, m=6
+    """
     require("multi_krum", n > 2 * f + 2, "n > 2f + 2", n=n, f=f)
     if m is not None:
         require("multi_krum", 1 <= m <= n, "1 <= m <= n", n=n, m=m)
 
 
 def check_mda(n: int, f: int, max_subsets: int) -> None:
+    """Check the bounds of :func:`mda`: ``n > 2f`` and ``C(n, f) <= max_subsets``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+    max_subsets : int
+        Largest number of subsets of size ``n - f`` MDA may enumerate.
+
+    Raises
+    ------
+    ValueError
+        ``"mda needs n > 2f, got n=.., f=.."`` when ``n <= 2f``; otherwise
+        ``"mda needs at most max_subsets=.. subsets to enumerate, got C(n, f) = ..."``
+        when there are more than ``max_subsets`` subsets.
+
+    Examples
+    --------
+    >>> check_mda(5, 2, max_subsets=10)
+    >>> check_mda(5, 2, max_subsets=9)
+    Traceback (most recent call last):
+    ...
+    ValueError: mda needs at most max_subsets=9 subsets to enumerate, got C(n, f) = ...10; ...
+    """
     require("mda", n > 2 * f, "n > 2f", n=n, f=f)
     count = kernels.subsets_count(n, n - f)
     if count > max_subsets:
@@ -68,21 +225,106 @@ def check_mda(n: int, f: int, max_subsets: int) -> None:
 
 
 def check_monna(n: int, f: int, trusted: int) -> None:
+    """Check the bounds of :func:`monna`: ``n > 2f`` and ``0 <= trusted < n``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+    trusted : int
+        Index of the trusted worker.
+
+    Raises
+    ------
+    ValueError
+        ``"monna needs n > 2f, got n=.., f=.."`` when ``n <= 2f``;
+        ``"monna needs 0 <= trusted < n, got n=.., trusted=.."`` otherwise
+        when ``trusted`` is out of range.
+
+    Examples
+    --------
+    >>> check_monna(3, 1, trusted=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: monna needs 0 <= trusted < n, got n=3, trusted=3
+    """
     require("monna", n > 2 * f, "n > 2f", n=n, f=f)
     require("monna", 0 <= trusted < n, "0 <= trusted < n", n=n, trusted=trusted)
 
 
 def check_geometric_median(n: int, f: int) -> None:
+    """Check the bound of :func:`geometric_median` for a declared ``f``: ``n > 2f``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"geometric_median needs n > 2f, got n=.., f=.."`` when ``n <= 2f``.
+
+    Examples
+    --------
+    >>> check_geometric_median(4, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: geometric_median needs n > 2f, got n=4, f=2
+    """
     require("geometric_median", n > 2 * f, "n > 2f", n=n, f=f)
 
 
 def check_dnc(n: int, f: int, filter_fraction: float) -> None:
+    """Check the bounds of :func:`dnc`: ``n > 2f`` and ``ceil(filter_fraction * f) < n``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+    filter_fraction : float
+        Multiplier of ``f`` giving the number of workers removed per round.
+
+    Raises
+    ------
+    ValueError
+        ``"dnc needs n > 2f, got n=.., f=.."`` when ``n <= 2f``;
+        ``"dnc needs ceil(filter_fraction * f) < n, got n=.., removed=.."``
+        otherwise when every worker would be removed.
+
+    Examples
+    --------
+    >>> check_dnc(5, 2, filter_fraction=1.0)
+    >>> check_dnc(5, 2, filter_fraction=2.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: dnc needs ceil(filter_fraction * f) < n, got n=5, removed=5
+    """
     require("dnc", n > 2 * f, "n > 2f", n=n, f=f)
     removed = int(np.ceil(filter_fraction * f))
     require("dnc", removed < n, "ceil(filter_fraction * f) < n", n=n, removed=removed)
 
 
 def check_caf(n: int, f: int) -> None:
+    """Check the bound of :func:`caf`: ``n > 2f``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"caf needs n > 2f, got n=.., f=.."`` when ``n <= 2f``.
+
+    Examples
+    --------
+    >>> check_caf(4, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: caf needs n > 2f, got n=4, f=2
+    """
     require("caf", n > 2 * f, "n > 2f", n=n, f=f)
 
 
@@ -92,7 +334,34 @@ def check_caf(n: int, f: int) -> None:
 
 
 def mean(updates: PyTree) -> PyTree:
-    """Plain average over workers (not robust: one bad vector spoils it)."""
+    """Plain average over workers (not robust: one bad vector spoils it).
+
+    ``(1/n) sum_i x_i``, the baseline every robust rule is compared with.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``updates`` has no leaf, a scalar leaf, or leaves with different
+        worker-axis sizes.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])
+    >>> np.round(np.asarray(mean(x)), 4)
+    array([3., 5.], dtype=float32)
+    """
     n = kernels.num_workers(updates, "mean")
     return kernels.weighted_sum(jnp.full((n,), 1.0 / n), updates, skip_zero=False)
 
@@ -107,7 +376,41 @@ def _coordinatewise(updates: PyTree, rule) -> PyTree:
 
 
 def median(updates: PyTree) -> PyTree:
-    """Coordinate-wise median (CWMed); for even ``n`` the mean of the two middle values."""
+    """Coordinate-wise median (CWMed); for even ``n`` the mean of the two middle values.
+
+    Per coordinate ``k``, the median of ``x_1[k], ..., x_n[k]``. NaN sorts as
+    ``+inf``. This function takes no ``f``: the rule tolerates up to ``f``
+    bad vectors when ``n > 2f`` (:func:`check_median` checks a declared ``f``).
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``updates`` has no leaf, a scalar leaf, or leaves with different
+        worker-axis sizes.
+
+    References
+    ----------
+    D. Yin, Y. Chen, K. Ramchandran, P. Bartlett, "Byzantine-robust
+    distributed learning: towards optimal statistical rates", ICML 2018.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [100.0, -100.0]])
+    >>> np.asarray(median(x))
+    array([2.5, 0.5], dtype=float32)
+    """
     n = kernels.num_workers(updates, "median")
 
     def rule(s):
@@ -119,7 +422,47 @@ def median(updates: PyTree) -> PyTree:
 
 
 def trimmed_mean(updates: PyTree, f: int) -> PyTree:
-    """Coordinate-wise trimmed mean (CWTM): drop the ``f`` largest and ``f`` smallest."""
+    """Coordinate-wise trimmed mean (CWTM): drop the ``f`` largest and ``f`` smallest.
+
+    Per coordinate, sort the ``n`` values and average the ``n - 2f`` middle
+    ones. ``f = 0`` is the mean. Up to ``f`` bad vectors are trimmed away
+    (NaN sorts as ``+inf``).
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of values dropped at each end, ``0 <= 2f < n``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"trimmed_mean needs n > 2f, got n=.., f=.."`` when ``n <= 2f``, or
+        for malformed ``updates`` (no leaf, a scalar leaf, unequal worker axes).
+
+    References
+    ----------
+    D. Yin, Y. Chen, K. Ramchandran, P. Bartlett, "Byzantine-robust
+    distributed learning: towards optimal statistical rates", ICML 2018.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [100.0, -100.0]])
+    >>> np.asarray(trimmed_mean(x, f=1))
+    array([2.5, 0.5], dtype=float32)
+    >>> trimmed_mean(x, f=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: trimmed_mean needs n > 2f, got n=4, f=2
+    """
     n = kernels.num_workers(updates, "trimmed_mean")
     check_trimmed_mean(n, f)
     return _coordinatewise(updates, lambda s: sum(s[f : n - f]) / (n - 2 * f))
@@ -131,6 +474,42 @@ def meamed(updates: PyTree, f: int) -> PyTree:
     The ``n - f`` closest values form a window of consecutive order
     statistics ``s_j .. s_{j+n-f-1}`` for some ``j`` in ``0..f``; the chosen
     window minimises its largest distance to the median (ties: lowest ``j``).
+    The median is that of :func:`median` (mean of the two middle values for
+    even ``n``).
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of values left out per coordinate, ``0 <= 2f < n``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"meamed needs n > 2f, got n=.., f=.."`` when ``n <= 2f``, or for
+        malformed ``updates``.
+
+    References
+    ----------
+    C. Xie, O. Koyejo, I. Gupta, "Generalized Byzantine-tolerant SGD",
+    arXiv:1802.10116, 2018.
+
+    Examples
+    --------
+    Coordinate 0 has median 2.5 and keeps ``{1, 2, 3}``; coordinate 1 has
+    median 0.5 and keeps ``{0, 1, 2}``:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [100.0, -100.0]])
+    >>> np.asarray(meamed(x, f=1))
+    array([2., 1.], dtype=float32)
     """
     n = kernels.num_workers(updates, "meamed")
     check_meamed(n, f)
@@ -168,7 +547,37 @@ def meamed(updates: PyTree, f: int) -> PyTree:
 
 
 def krum_scores(distances: Array, f: int) -> Array:
-    """Krum score of each worker: sum of squared distances to its ``n - f - 2`` nearest others."""
+    """Krum score of each worker: sum of squared distances to its ``n - f - 2`` nearest others.
+
+    Parameters
+    ----------
+    distances : Array
+        Squared distances, shape ``(n, n)``, float32 or wider (as from
+        :func:`jaxrobust.kernels.pairwise_squared_distances`; ``inf`` for
+        bad vectors).
+    f : int
+        Number of Byzantine workers; needs ``n - f - 2 >= 0``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, the dtype of ``distances``.
+
+    References
+    ----------
+    P. Blanchard, E. M. El Mhamdi, R. Guerraoui, J. Stainer, "Machine
+    learning with adversaries: Byzantine tolerant gradient descent",
+    NeurIPS 2017.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jaxrobust import kernels
+    >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [10.0, 10.0]])
+    >>> np.round(np.asarray(krum_scores(kernels.pairwise_squared_distances(x), f=1)), 4)
+    array([  1.5,   1.5,   1.5,   1. , 361.5], dtype=float32)
+    """
     n = distances.shape[0]
     others = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, distances)
     return kernels.smallest_sum(others, n - f - 2)
@@ -180,6 +589,43 @@ def krum(updates: PyTree, f: int) -> PyTree:
     The score of ``x_i`` is the **sum** of squared distances to its
     ``n - f - 2`` nearest other vectors (the original definition; ByzFL
     averages over ``n - f - 1`` neighbours instead). Needs ``n > 2f + 2``.
+    Ties go to the lowest index; a bad vector has score ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of Byzantine workers, ``0 <= f`` and ``n > 2f + 2``.
+
+    Returns
+    -------
+    pytree
+        The selected worker's vector: leaves of shape ``(...)``, input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"krum needs n > 2f + 2, got n=.., f=.."`` when ``n <= 2f + 2``, or
+        for malformed ``updates``.
+
+    References
+    ----------
+    P. Blanchard, E. M. El Mhamdi, R. Guerraoui, J. Stainer, "Machine
+    learning with adversaries: Byzantine tolerant gradient descent",
+    NeurIPS 2017.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [10.0, 10.0]])
+    >>> np.asarray(krum(x, f=1))
+    array([0.5, 0.5], dtype=float32)
+    >>> krum(x[:4], f=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: krum needs n > 2f + 2, got n=4, f=1
     """
     n = kernels.num_workers(updates, "krum")
     check_krum(n, f)
@@ -191,7 +637,47 @@ def krum(updates: PyTree, f: int) -> PyTree:
 
 
 def multi_krum(updates: PyTree, f: int, m: int | None = None) -> PyTree:
-    """Multi-Krum: the average of the ``m`` vectors of least Krum score (default ``m = n - f``)."""
+    """Multi-Krum: the average of the ``m`` vectors of least Krum score (default ``m = n - f``).
+
+    Scores as in :func:`krum`; ties go to the lower index. ``m = 1`` is Krum.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of Byzantine workers, ``n > 2f + 2``.
+    m : int or None
+        Number of vectors averaged, ``1 <= m <= n``; ``None`` means ``n - f``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"multi_krum needs n > 2f + 2, got n=.., f=.."`` when ``n <= 2f + 2``;
+        ``"multi_krum needs 1 <= m <= n, got n=.., m=.."`` for ``m`` out of
+        range; or for malformed ``updates``.
+
+    References
+    ----------
+    P. Blanchard, E. M. El Mhamdi, R. Guerraoui, J. Stainer, "Machine
+    learning with adversaries: Byzantine tolerant gradient descent",
+    NeurIPS 2017.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [10.0, 10.0]])
+    >>> np.asarray(multi_krum(x, f=1))
+    array([0.375, 0.375], dtype=float32)
+    >>> np.asarray(multi_krum(x, f=1, m=1))
+    array([0.5, 0.5], dtype=float32)
+    """
     n = kernels.num_workers(updates, "multi_krum")
     check_multi_krum(n, f, m)
     m = n - f if m is None else m
@@ -212,9 +698,45 @@ def _subset_masks(n: int, size: int) -> np.ndarray:
 def mda(updates: PyTree, f: int, max_subsets: int = MDA_MAX_SUBSETS) -> PyTree:
     """Minimum diameter averaging: average of the ``n - f`` vectors of least diameter.
 
-    Exact: every subset of size ``n - f`` is enumerated at trace time (the
-    first of equal diameters wins); refused when there are more than
-    ``max_subsets`` of them.
+    ``S* = argmin_{|S| = n - f} max_{i, j in S} ||x_i - x_j||`` and the
+    output is ``(1 / (n - f)) sum_{i in S*} x_i``. Exact: every subset of
+    size ``n - f`` is enumerated at trace time (the first of equal diameters
+    wins, in ``itertools.combinations`` order); refused when there are more
+    than ``max_subsets`` of them.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of Byzantine workers, ``0 <= 2f < n``.
+    max_subsets : int
+        Largest ``C(n, f)`` accepted (default ``MDA_MAX_SUBSETS = 200_000``).
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"mda needs n > 2f, got n=.., f=.."`` when ``n <= 2f``;
+        ``"mda needs at most max_subsets=.. subsets to enumerate, got C(n, f) = ..."``
+        when ``C(n, f) > max_subsets``; or for malformed ``updates``.
+
+    References
+    ----------
+    E. M. El Mhamdi, R. Guerraoui, A. Guirguis, L. N. Hoang, S. Rouault,
+    "Genuinely distributed Byzantine machine learning", PODC 2020.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> np.asarray(mda(x, f=1))
+    array([1.], dtype=float32)
     """
     n = kernels.num_workers(updates, "mda")
     check_mda(n, f, max_subsets)
@@ -231,7 +753,47 @@ def mda(updates: PyTree, f: int, max_subsets: int = MDA_MAX_SUBSETS) -> PyTree:
 
 
 def monna(updates: PyTree, f: int, trusted: int = 0) -> PyTree:
-    """MoNNA: the mean of the ``n - f`` nearest neighbours of a trusted vector (itself included)."""
+    """MoNNA: the mean of the ``n - f`` nearest neighbours of a trusted vector (itself included).
+
+    Ties go to the lower index; bad vectors are taken last.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of Byzantine workers, ``0 <= 2f < n``.
+    trusted : int
+        Index of the worker whose vector is trusted, ``0 <= trusted < n``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"monna needs n > 2f, got n=.., f=.."`` when ``n <= 2f``;
+        ``"monna needs 0 <= trusted < n, got n=.., trusted=.."``; or for
+        malformed ``updates``.
+
+    References
+    ----------
+    S. Farhadkhani, R. Guerraoui, N. Gupta, L. N. Hoang, R. Pinot,
+    J. Stephan, "Robust collaborative learning with linear gradient
+    overhead", ICML 2023.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> np.asarray(monna(x, f=1))
+    array([1.], dtype=float32)
+    >>> np.round(np.asarray(monna(x, f=1, trusted=3)), 4)
+    array([4.3333], dtype=float32)
+    """
     n = kernels.num_workers(updates, "monna")
     check_monna(n, f, trusted)
     anchor = jax.tree_util.tree_map(lambda leaf: leaf[trusted], updates)
@@ -246,7 +808,41 @@ def weiszfeld_weights(
     """Coefficients ``a`` with ``GM = sum_i a_i x_i`` after smoothed Weiszfeld steps.
 
     Runs entirely on the ``(n, n)`` Gram matrix: for ``z = sum_i a_i x_i``,
-    ``||z - x_j||^2 = a'Ga - 2 (Ga)_j + G_jj``. Bad vectors get weight 0.
+    ``||z - x_j||^2 = a'Ga - 2 (Ga)_j + G_jj``. Each step sets
+    ``a_j proportional to 1 / max(nu, ||z - x_j||)``, normalised to sum 1.
+    Bad vectors (non-finite diagonal) get weight 0.
+
+    Parameters
+    ----------
+    gram : Array
+        ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``, float32 or wider.
+    nu : float
+        Smoothing: distances below ``nu`` count as ``nu`` (``nu > 0``).
+    iterations : int
+        Number of Weiszfeld steps.
+    start : Array or None
+        Starting weights, shape ``(n,)``, normalised here; ``None`` means
+        uniform over the finite vectors (their mean).
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, non-negative, summing to 1, the dtype of ``gram``.
+
+    References
+    ----------
+    K. Pillutla, S. M. Kakade, Z. Harchaoui, "Robust aggregation for
+    federated learning", IEEE Transactions on Signal Processing, 2022.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jaxrobust import kernels
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> a = weiszfeld_weights(kernels.gram_matrix(x))
+    >>> float(np.round(a.sum(), 4)), int(np.argmax(a))
+    (1.0, 2)
     """
     finite = kernels.finite_from_gram(gram)
     both = finite[:, None] & finite[None, :]
@@ -268,10 +864,48 @@ def weiszfeld_weights(
 def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -> PyTree:
     """Geometric median by smoothed Weiszfeld (Pillutla et al., 2022).
 
-    Starting from the mean of the finite vectors, repeat ``iterations`` times
+    An approximation of ``argmin_z sum_i ||z - x_i||``: starting from the
+    mean of the finite vectors, repeat ``iterations`` times
     ``z <- sum_i w_i x_i / sum_i w_i`` with ``w_i = 1 / max(nu, ||z - x_i||)``.
     Defaults ``nu = 0.1``, ``iterations = 8``. All iterations run on the Gram
-    matrix; the data is read twice (Gram, then the final combination).
+    matrix; the data is read twice (Gram, then the final combination). Bad
+    vectors get weight 0.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    nu : float
+        Smoothing parameter, ``nu > 0``.
+    iterations : int
+        Number of Weiszfeld steps, ``>= 0``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        For malformed ``updates``. (The bound ``n > 2f`` of a declared ``f``
+        is checked by :func:`check_geometric_median`.)
+
+    References
+    ----------
+    K. Pillutla, S. M. Kakade, Z. Harchaoui, "Robust aggregation for
+    federated learning", IEEE Transactions on Signal Processing, 2022.
+
+    Examples
+    --------
+    In one dimension the outlier 10 barely moves the result, which stays in
+    the median interval ``[1, 2]``:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> np.round(np.asarray(geometric_median(x)), 2)
+    array([1.9], dtype=float32)
     """
     kernels.num_workers(updates, "geometric_median")
     a = weiszfeld_weights(kernels.gram_matrix(updates), nu=nu, iterations=iterations)
@@ -283,9 +917,49 @@ def centered_clipping(
 ) -> PyTree:
     """Centered clipping (Karimireddy et al., 2021) from ``center``.
 
-    Repeat ``iterations`` times ``v <- v + (1/n) sum_i clip_tau(x_i - v)``
-    with ``clip_tau(u) = u * min(1, tau / ||u||)``. A bad vector contributes
+    Starting at ``v = center``, repeat ``iterations`` times
+    ``v <- v + (1/n) sum_i clip_tau(x_i - v)`` with
+    ``clip_tau(u) = u * min(1, tau / ||u||)``. A bad vector contributes
     nothing (its clipped difference is the zero vector).
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    center : pytree
+        The starting point ``v``: ``updates``' structure, leaves of shape
+        ``(...)`` (no worker axis); the output takes its dtypes.
+    tau : float
+        Clipping radius, ``tau > 0``.
+    iterations : int
+        Number of clipping steps.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in ``center``'s dtypes.
+
+    Raises
+    ------
+    ValueError
+        For malformed ``updates``.
+
+    References
+    ----------
+    S. P. Karimireddy, L. He, M. Jaggi, "Learning from history for
+    Byzantine robust optimization", ICML 2021.
+
+    Examples
+    --------
+    ``(3, 4)`` is clipped to ``(0.6, 0.8)``, the other two are within
+    ``tau``, so ``v = ((0.6, 0.8) + 2 (0, 0.5)) / 3``:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[3.0, 4.0], [0.0, 0.5], [0.0, 0.5]])
+    >>> v = centered_clipping(x, jnp.zeros(2), tau=1.0, iterations=1)
+    >>> np.round(np.asarray(v), 4)
+    array([0.2, 0.6], dtype=float32)
     """
     n = kernels.num_workers(updates, "centered_clipping")
 
@@ -307,14 +981,71 @@ def centered_clipping(
 
 
 def centered_gram(gram: Array, weights: Array) -> Array:
-    """Gram matrix of ``x_i - mu`` with ``mu = sum_i weights_i x_i`` (weights summing to 1)."""
+    """Gram matrix of ``x_i - mu`` with ``mu = sum_i weights_i x_i`` (weights summing to 1).
+
+    ``(I - 1 w') G (I - 1 w')'``, computed in ``(n, n)`` space.
+
+    Parameters
+    ----------
+    gram : Array
+        ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``, finite.
+    weights : Array
+        Shape ``(n,)``, summing to 1.
+
+    Returns
+    -------
+    Array
+        ``<x_i - mu, x_j - mu>``, shape ``(n, n)``, the dtype of ``gram``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jaxrobust import kernels
+    >>> x = jnp.array([[0.0], [2.0]])
+    >>> np.round(np.asarray(centered_gram(kernels.gram_matrix(x), jnp.array([0.5, 0.5]))), 4)
+    array([[ 1., -1.],
+           [-1.,  1.]], dtype=float32)
+    """
     n = gram.shape[0]
     p = jnp.eye(n, dtype=gram.dtype) - weights[None, :]
     return p @ gram @ p.T
 
 
 def caf_weights(gram: Array, f: int) -> Array:
-    """Coefficients of the CAF output ``sum_i a_i x_i``, computed on the Gram matrix."""
+    """Coefficients of the CAF output ``sum_i a_i x_i``, computed on the Gram matrix.
+
+    See :func:`caf` for the algorithm. The top eigenpair of the weighted
+    covariance is that of ``C^1/2 G_c C^1/2 / sum(c)`` (``G_c`` the centred
+    Gram matrix, ``C = diag(c)``), so every round is ``O(n^3)``. Bad vectors
+    (non-finite diagonal) start with weight 0.
+
+    Parameters
+    ----------
+    gram : Array
+        ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``, float32 or wider.
+    f : int
+        Number of Byzantine workers, ``n > 2f``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n,)``, non-negative, summing to 1, the dtype of ``gram``.
+
+    References
+    ----------
+    Y. Allouah, R. Guerraoui, J. Stephan, "Towards trustworthy federated
+    learning with untrusted participants", ICML 2025.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from jaxrobust import kernels
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> np.round(np.asarray(caf_weights(kernels.gram_matrix(x), f=1)), 4)
+    array([0.2929, 0.3389, 0.3682, 0.    ], dtype=float32)
+    """
     n = gram.shape[0]
     finite = kernels.finite_from_gram(gram)
     g = jnp.where(finite[:, None] & finite[None, :], gram, 0.0)
@@ -352,14 +1083,49 @@ def caf_weights(gram: Array, f: int) -> Array:
 
 
 def caf(updates: PyTree, f: int) -> PyTree:
-    """CAF, the covariance-bound agnostic filter (Allouah et al., 2024).
+    """CAF, the covariance-bound agnostic filter (Allouah et al., 2025).
 
     Weights ``c_i = 1``; while ``sum_i c_i > n - 2f``: ``mu_c`` the
     ``c``-weighted mean, ``(lambda, v)`` the top eigenpair of the weighted
-    covariance, ``tau_i = <x_i - mu_c, v>^2``, ``c_i <- c_i (1 - tau_i / max_j tau_j)``.
+    covariance ``sum_i c_i (x_i - mu_c)(x_i - mu_c)' / sum_i c_i``,
+    ``tau_i = <x_i - mu_c, v>^2``, ``c_i <- c_i (1 - tau_i / max_j tau_j)``.
     Returns the ``mu_c`` of least ``lambda`` seen. Runs on the Gram matrix
     (at most ``n`` rounds, each ``O(n^3)``, stopping as soon as
-    ``sum_i c_i <= n - 2f``); the data is read twice.
+    ``sum_i c_i <= n - 2f``); the data is read twice. The top eigenpair is
+    exact (``eigh``), where ByzFL runs one power-method step.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``.
+    f : int
+        Number of Byzantine workers, ``0 <= 2f < n``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"caf needs n > 2f, got n=.., f=.."`` when ``n <= 2f``, or for
+        malformed ``updates``.
+
+    References
+    ----------
+    Y. Allouah, R. Guerraoui, J. Stephan, "Towards trustworthy federated
+    learning with untrusted participants", ICML 2025.
+
+    Examples
+    --------
+    The outlier gets weight 0 (see :func:`caf_weights`):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
+    >>> np.round(np.asarray(caf(x, f=1)), 4)
+    array([1.0753], dtype=float32)
     """
     n = kernels.num_workers(updates, "caf")
     check_caf(n, f)
@@ -391,10 +1157,55 @@ def dnc(
     """Divide and conquer (Shejwalkar and Houmansadr, 2021).
 
     Each of ``iterations`` rounds draws ``subsample`` coordinates without
-    replacement, centres the sub-vectors, scores every worker by its squared
-    projection on the top singular direction and removes the
-    ``ceil(filter_fraction * f)`` highest scores. The output is the mean of
-    the workers never removed. Bad vectors score ``inf``.
+    replacement (all of them when ``subsample >= d``), centres the
+    sub-vectors, scores every worker by its squared projection on the top
+    right singular vector of the centred ``(n, subsample)`` matrix and
+    removes the ``ceil(filter_fraction * f)`` highest scores. The output is
+    the mean of the workers never removed. Bad vectors score ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf a floating array of shape ``(n, ...)``; ``d`` is the total
+        number of coordinates.
+    f : int
+        Number of Byzantine workers, ``0 <= 2f < n``.
+    key : Array
+        A PRNG key (for the coordinate draws).
+    iterations : int
+        Number of filtering rounds.
+    subsample : int
+        Coordinates drawn per round (capped at ``d``).
+    filter_fraction : float
+        Workers removed per round: ``ceil(filter_fraction * f)``, fewer than ``n``.
+
+    Returns
+    -------
+    pytree
+        Leaves of shape ``(...)``, in the input dtype.
+
+    Raises
+    ------
+    ValueError
+        ``"dnc needs n > 2f, got n=.., f=.."`` when ``n <= 2f``;
+        ``"dnc needs ceil(filter_fraction * f) < n, got n=.., removed=.."``;
+        or for malformed ``updates``.
+
+    References
+    ----------
+    V. Shejwalkar, A. Houmansadr, "Manipulating the Byzantine: optimizing
+    model poisoning attacks and defenses for federated learning", NDSS 2021.
+
+    Examples
+    --------
+    With ``subsample >= d`` every coordinate is used, so the key does not
+    matter; the outlier is removed and the other four are averaged:
+
+    >>> import jax, jax.numpy as jnp
+    >>> import numpy as np
+    >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [10.0, 10.0]])
+    >>> np.asarray(dnc(x, f=1, key=jax.random.key(0)))
+    array([0.375, 0.375], dtype=float32)
     """
     n = kernels.num_workers(updates, "dnc")
     check_dnc(n, f, filter_fraction)
