@@ -536,6 +536,11 @@ def _from_text(name: str, value: Any) -> Any:
         if text.startswith("["):
             return yaml.safe_load(text)
         return tuple(text.replace(",", " ").split())
+    if origin in (int, float):
+        try:
+            return origin(text)
+        except ValueError:
+            return value  # rejected by the type check, which names the field
     return value
 
 
@@ -691,7 +696,8 @@ def vmapped_fields() -> tuple[str, ...]:
 def _adapter(name: str) -> TypeAdapter:
     info = Config.model_fields[name]
     if name not in _ADAPTERS:
-        _ADAPTERS[name] = TypeAdapter(Annotated[(info.annotation, *info.metadata)])
+        kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        _ADAPTERS[name] = TypeAdapter(kind)
     return _ADAPTERS[name]
 
 
