@@ -222,7 +222,7 @@ def command_sweep(args: argparse.Namespace) -> int:
         f"results stream to {os.path.join(args.out, 'runs.csv')}"
     )
     path = sweep.run_sweep(
-        spec, args.out, max_batch=args.max_batch, on_batch=sweep.progress_printer()
+        spec, args.out, max_batch=args.max_batch, on_batch=sweep.progress_printer(sys.stderr)
     )
     print(f"done: {path}")
     return 0
