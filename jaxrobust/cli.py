@@ -297,6 +297,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=command_report)
     lst = sub.add_parser("list", help="list every registry: rules, attacks, algorithms, data, ...")
+    _add_plugin_flag(lst)
     lst.set_defaults(func=command_list)
     return top
 
@@ -304,6 +305,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: typing.Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        load_plugins(getattr(args, "plugin", None) or [])  # before any name is read
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError, MemoryError) as err:
         print(f"jaxrobust: error: {err}", file=sys.stderr)

@@ -115,6 +115,12 @@ def test_cli_plugin_flag_on_run_demo_and_sweep():
     assert config.plugins == (PLUGIN,) and config.defence == ("median_window_mean",)
 
 
+def test_cli_list_shows_plugin_components(capsys):
+    assert cli.main(["list", "--plugin", PLUGIN]) == 0
+    out = capsys.readouterr().out
+    assert "median_window_mean" in out and "scaled_flip" in out
+
+
 def test_cli_unknown_plugin_is_a_clear_error(capsys):
     assert cli.main(["run", "--plugin", "no_such_plugin_module"]) == 2
     assert "plugin 'no_such_plugin_module'" in capsys.readouterr().err
