@@ -40,7 +40,7 @@ def test_a_plugin_is_imported_before_names_are_checked(tmp_path):
     path.write_text(
         "import jaxrobust as jr\n"
         "from jaxrobust.attacks import sign_flip\n"
-        f"jr.register('attack', {name!r})(lambda: sign_flip())\n"
+        f"jr.register('attack', {name!r}, description='sign flipping, again')(sign_flip)\n"
     )
     with pytest.raises(ValueError, match=f"unknown attack '{name}'"):
         Config(attack=name)
