@@ -9,34 +9,98 @@ import sys
 import time
 import typing
 
-from jaxrobust.config import Config, coerce, field_types
+import yaml
+
+from jaxrobust.config import (
+    COMPONENTS,
+    Config,
+    default_of,
+    describe,
+    load_plugins,
+)
+
+#: Config fields without a flag of their own (``plugins``: the repeatable ``--plugin``).
+NO_FLAG = ("plugins",)
+
+
+def config_fields() -> list[str]:
+    """The config fields that have a flag, in declaration order."""
+    return [name for name in Config.model_fields if name not in NO_FLAG]
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    for name, kind in field_types().items():
+    """One flag per config field (``--num-honest``), generated from its declaration.
+
+    Values are read as the field needs (``--defence arc,nnm,trimmed_mean``,
+    ``--attack-options '{points: 8}'``, ``--clients-per-round none``) when the
+    configuration is built, after the plugins are imported.
+    """
+    fields = parser.add_argument_group(
+        "config fields", "override the --config file; values are checked as in a YAML file"
+    )
+    for name in config_fields():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, metavar=_metavar(kind), help=_help(name))
+        fields.add_argument(flag, dest=name, default=None, metavar=_metavar(name), help=_help(name))
 
 
-def _metavar(kind) -> str:
-    text = str(kind).replace("typing.", "")
-    return {"int": "INT", "float": "FLOAT", "str": "STR"}.get(getattr(kind, "__name__", ""), text)
+def _add_plugin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (dotted name or path to a .py file) first, so that the components "
+        "it registers can be named; repeatable",
+    )
+
+
+def _metavar(name: str) -> str:
+    kind = describe(name).split(",")[0].replace(" or none", "")
+    return {"mapping": "YAML", "list of str": "NAMES"}.get(kind, kind.upper())
 
 
 def _help(name: str) -> str:
-    return f"(default: {Config().to_dict()[name]})"
+    """The flag's one-line description, then what it accepts and its default."""
+    default = default_of(name)
+    if isinstance(default, list):
+        default = ",".join(default)
+    default = "none" if default is None else default
+    text = f"{Config.model_fields[name].description} [{describe(name)}; default: {default}]"
+    return text.replace("%", "%%")
+
+
+def _flag_value(name: str, text: str):
+    """A flag's text; a component in nested form (``{name: ..., options: ...}``) read as YAML."""
+    stripped = text.strip()
+    nested = (name in COMPONENTS and stripped.startswith("{")) or (
+        name == "defence" and stripped.startswith("[")
+    )
+    return yaml.safe_load(stripped) if nested else text
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    """The YAML file's fields (if any), overridden by every flag given."""
-    values = {}
-    if args.config:
-        values = Config.from_yaml(args.config).to_dict()
-    for name in field_types():
-        flag_value = getattr(args, name, None)
-        if flag_value is not None:
-            values[name] = coerce(name, flag_value)
-    return Config.from_dict(values).validate()
+    """The YAML file's fields (if any), overridden by every flag given, checked.
+
+    The ``--plugin`` modules are imported before anything is read, and are
+    added to the configuration's ``plugins``. A component flag in nested form
+    (``--attack '{name: alie, options: {z: 1}}'``) replaces the file's
+    options of that component.
+    """
+    plugins = list(getattr(args, "plugin", None) or [])
+    load_plugins(plugins)
+    base = Config.from_yaml(args.config) if args.config else Config()
+    changes = {
+        name: _flag_value(name, getattr(args, name))
+        for name in config_fields()
+        if getattr(args, name, None) is not None
+    }
+    if plugins:
+        changes["plugins"] = list(dict.fromkeys([*base.plugins, *plugins]))
+    return base.replace(**changes).validate()
+
+
+def _flags_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name, None) is not None for name in config_fields())
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -108,7 +172,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from jaxrobust import simulator
 
     base = resolve_config(args)
-    if args.config is None and all(getattr(args, n, None) is None for n in field_types()):
+    if args.config is None and not _flags_given(args):
         base = base.replace(heterogeneity="dirichlet", alpha=0.3, steps=200, eval_every=50)
     dataset = simulator.load_for(base)
     print(
@@ -137,14 +201,15 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_sweep(args: argparse.Namespace) -> int:
     from jaxrobust import sweep
 
-    spec = sweep.Sweep.from_yaml(args.sweep_file)
+    load_plugins(args.plugin)
+    spec = sweep.Sweep.from_yaml(args.sweep_file, plugins=args.plugin)
     units = spec.units()
     print(
         f"{len(units)} runs in {len(sweep.groups(units))} program structure(s); "
         f"results stream to {os.path.join(args.out, 'runs.csv')}"
     )
     path = sweep.run_sweep(
-        spec, args.out, max_batch=args.max_batch, on_batch=sweep.progress_printer()
+        spec, args.out, max_batch=args.max_batch, on_batch=sweep.progress_printer(sys.stderr)
     )
     print(f"done: {path}")
     return 0
@@ -188,10 +253,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--show-partition", action="store_true", help="print the workers x classes table first"
     )
+    _add_plugin_flag(run)
     _add_config_flags(run)
     run.set_defaults(func=command_run)
     demo = sub.add_parser("demo", help="accuracy table: defences x attacks on the offline default")
     demo.add_argument("--config", help="YAML file of config fields; flags override it")
+    _add_plugin_flag(demo)
     _add_config_flags(demo)
     demo.set_defaults(func=command_demo)
     sw = sub.add_parser("sweep", help="run a grid of configurations, resumable")
@@ -203,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--max-batch", type=int, default=None, help="most runs per program (default: by memory)"
     )
+    _add_plugin_flag(sw)
     sw.set_defaults(func=command_sweep)
     rep = sub.add_parser("report", help="worst-case accuracy table, heatmaps, curves of a sweep")
     rep.add_argument("sweep_dir", help="a sweep's --out directory (runs.csv, sweep.yaml)")
@@ -216,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.set_defaults(func=command_report)
     lst = sub.add_parser("list", help="list every registry: rules, attacks, algorithms, data, ...")
+    _add_plugin_flag(lst)
     lst.set_defaults(func=command_list)
     return top
 
@@ -223,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: typing.Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        load_plugins(getattr(args, "plugin", None) or [])  # before any name is read
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError, MemoryError) as err:
         print(f"jaxrobust: error: {err}", file=sys.stderr)

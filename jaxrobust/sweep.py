@@ -63,25 +63,16 @@ from jax.sharding import Mesh
 
 from jaxrobust import distributed, simulator
 from jaxrobust.algorithms.base import check_setting
-from jaxrobust.config import Config, coerce, field_types
+from jaxrobust.config import Config, coerce, field_types, load_plugins, vmapped_fields
 from jaxrobust.data import datasets
 
-#: Config fields that may differ between runs of one program: numbers in the run
-#: state, and the partition of the data over the workers (the ``heterogeneity``
-#: scheme and its parameters), which enters the program as each run's padded
-#: index table (:func:`jaxrobust.simulator.run_tables`); nothing built from a
+#: Config fields that may differ between runs of one program, as declared on
+#: :class:`~jaxrobust.config.Config` (``vmapped`` fields, :func:`jaxrobust.config.vmapped_fields`):
+#: numbers in the run state, and the partition of the data over the workers (the
+#: ``heterogeneity`` scheme and its parameters), which enters the program as each run's
+#: padded index table (:func:`jaxrobust.simulator.run_tables`); nothing built from a
 #: config (:func:`jaxrobust.simulator.build`, :mod:`jaxrobust.algorithms`) reads them.
-VMAPPED = (
-    "seed",
-    "seeds",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "heterogeneity",
-    "alpha",
-    "gamma",
-    "shards_per_worker",
-)
+VMAPPED = vmapped_fields()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +101,28 @@ class Sweep:
     grid: dict[str, list]
 
     @classmethod
-    def from_yaml(cls, path: str) -> Sweep:
+    def from_yaml(cls, path: str, plugins: Sequence[str] = ()) -> Sweep:
+        """The sweep of a YAML file (see :meth:`from_dict`)."""
         with open(path) as fh:
             values = yaml.safe_load(fh) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config fields and a 'grid'")
-        return cls.from_dict(values)
+        return cls.from_dict(values, plugins)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Sweep:
+    def from_dict(cls, values: dict[str, Any], plugins: Sequence[str] = ()) -> Sweep:
+        """A sweep from config fields plus ``grid``.
+
+        ``plugins`` (modules, as the ``plugins`` field) are imported first and
+        added to the base's ``plugins``, as are those the mapping lists, so that
+        the names they register may appear in the base and the grid.
+        """
         values = dict(values)
+        if plugins:
+            listed = values.get("plugins") or []
+            listed = listed.replace(",", " ").split() if isinstance(listed, str) else listed
+            values["plugins"] = list(dict.fromkeys([*listed, *plugins]))
+            load_plugins(values["plugins"])
         grid = values.pop("grid", {}) or {}
         if not isinstance(grid, dict):
             raise ValueError("'grid' must map config fields (or linked axes) to lists of values")
@@ -577,7 +580,7 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def progress_printer(stream=sys.stderr) -> Callable[[int, int, int, float], None]:
+def progress_printer(stream=None) -> Callable[[int, int, int, float], None]:
     """An ``on_batch`` for :func:`run_sweep`: a progress bar of the runs on ``stream``.
 
     It shows the runs done of the sweep's total (runs found done on resuming
@@ -608,7 +611,7 @@ def progress_printer(stream=sys.stderr) -> Callable[[int, int, int, float], None
                 initial=done - ran,
                 desc="sweep",
                 unit="run",
-                file=stream,
+                file=sys.stderr if stream is None else stream,
                 smoothing=0,
                 mininterval=0,  # redrawn after every batch
             )
