@@ -396,6 +396,7 @@ class Config(BaseModel):
         try:
             self._check_attack_options()
             registry("compressor").check_options(self.compressor, self.compressor_options)
+            registry("algorithm").check_options(self.algorithm, self.algorithm_options)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self

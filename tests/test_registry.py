@@ -121,3 +121,14 @@ def test_list_walks_every_registry(capsys):
         assert f"{kind} (" in out
         for name in reg:
             assert f"  {name} " in out
+
+
+def test_algorithm_options_are_checked_against_the_declared_ones():
+    unknown = r"unknown option\(s\) {} for algorithm '{}'"
+    with pytest.raises(ValueError, match=unknown.format("q", "marina_pp") + ".*clip_alpha"):
+        Config(algorithm="marina_pp", momentum=0.0, algorithm_options={"q": 1}).validate()
+    with pytest.raises(ValueError, match=unknown.format("beta", "byz_ef21_sgdm")):
+        Config(algorithm="byz_ef21_sgdm", algorithm_options={"beta": 0.5}).validate()
+    with pytest.raises(ValueError, match=unknown.format("p", "dsgd") + "; valid .*none"):
+        Config(algorithm_options={"p": 0.5}).validate()
+    Config(algorithm="marina_pp", momentum=0.0, algorithm_options={"plus": True}).validate()

@@ -203,3 +203,6 @@ def dsgd(setup: Setup) -> Algorithm:
         return new_state, round_metrics(aggregated, momentum, losses)
 
     return Algorithm(init, step, setup.evaluate())
+
+
+dsgd.options = {}  # D-SGD's settings are config fields (momentum, local_steps, ...)

@@ -320,3 +320,5 @@ def br_csgd(setup: Setup) -> Algorithm:
 
 for _factory in (byz_ef21_sgdm, byz_ef21, br_csgd):
     _factory.metrics = EF21Metrics
+    # config.algorithm_options, with their defaults
+    _factory.options = {"init": "gradient", "train_loss": "minibatch", "rescale_unbiased": True}

@@ -741,3 +741,15 @@ def _cond(pred: jax.Array, true_fn: Callable, false_fn: Callable):
 
 build.metrics = MarinaPPMetrics
 build.check = lambda config: defence_for(config, config.received_count)
+build.options = {  # config.algorithm_options, with their defaults (see the module docstring)
+    "p": None,
+    "clients_full": None,
+    "clip_alpha": 1.0,
+    "plus": False,
+    "shared_data": False,
+    "binary": False,
+    "f_star": "auto",
+    "init": "gradient",
+    "sampler": None,
+}
+assert set(build.options) == set(OPTIONS)

@@ -47,6 +47,9 @@ class Entry:
         ``f`` and ``n`` of the rule factories and ``*args`` / ``**kwargs``
         are not options.
         """
+        declared = getattr(self.factory, "options", None)
+        if isinstance(declared, Mapping):  # options a factory takes from elsewhere (a config)
+            return dict(declared)
         try:
             params = inspect.signature(self.factory).parameters.values()
         except (TypeError, ValueError):
@@ -59,6 +62,8 @@ class Entry:
 
     def parameters(self) -> set[str]:
         """Every keyword the factory takes (options and the fixed ``f``, ``n``, ...)."""
+        if isinstance(getattr(self.factory, "options", None), Mapping):
+            return set(self.factory.options)
         try:
             params = inspect.signature(self.factory).parameters.values()
         except (TypeError, ValueError):
@@ -66,6 +71,8 @@ class Entry:
         return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def accepts_any(self) -> bool:
+        if isinstance(getattr(self.factory, "options", None), Mapping):
+            return False
         try:
             params = inspect.signature(self.factory).parameters.values()
         except (TypeError, ValueError):
