@@ -75,4 +75,5 @@ def plain_sgd(setup: Setup) -> Algorithm:
 
 
 plain_sgd.metrics = PlainMetrics
+plain_sgd.options = {}  # no algorithm_options
 assert issubclass(PlainMetrics, tuple) and RoundMetrics._fields == PlainMetrics._fields[:4]

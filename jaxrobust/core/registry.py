@@ -30,7 +30,7 @@ __all__ = ["Entry", "Registry", "REGISTRIES", "register", "registry"]
 
 # Arguments a factory receives from the run, not from the user's options (and
 # flax's own module fields).
-_NOT_OPTIONS = ("f", "n", "num_classes", "parent", "name")
+_NOT_OPTIONS = ("f", "n", "num_classes", "parent", "name", "setup")
 
 
 @dataclasses.dataclass(frozen=True)
