@@ -47,26 +47,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from jaxrobust.core.types import METRIC_COLUMNS
+
 #: Grid fields tuned per setting rather than reported as settings.
 DEFAULT_HYPERPARAMETERS = ("lr", "momentum", "weight_decay", "lr_schedule")
 
 #: The measurement columns a sweep writes (``step`` and the metrics). Rows read
 #: from ``runs.csv`` take theirs from its header instead (see
 #: :func:`measured_columns`); this list serves rows without a ``seed`` column.
-MEASURED = (
-    "step",
-    "test_accuracy",
-    "test_loss",
-    "validation_accuracy",
-    "validation_loss",
-    "train_loss",
-    "aggregate_norm",
-    "distance_to_honest_mean",
-    "mean_honest_norm",
-    "bits_sent",
-    "suboptimality",
-    "epochs",
-)
+MEASURED = tuple(c for c in METRIC_COLUMNS if c != "seed")
 #: Columns that are neither settings, attacks nor hyperparameters.
 BOOKKEEPING = ("run_id", "seed", *MEASURED)
 

@@ -23,7 +23,7 @@ from jaxrobust.algorithms.dsgd import DSGDState as RunState  # noqa: F401  (comp
 from jaxrobust.algorithms.dsgd import ServerMemory  # noqa: F401  (compatibility)
 from jaxrobust.config import Config
 from jaxrobust.core import registry
-from jaxrobust.core.types import Problem
+from jaxrobust.core.types import METRIC_COLUMNS, Problem
 from jaxrobust.data import datasets
 from jaxrobust.data.partition import partition, stack_partition
 from jaxrobust.defence import make_defence  # noqa: F401  (re-exported)
@@ -55,21 +55,6 @@ def build(config: Config, dataset: datasets.Dataset, problem: Problem | None = N
 # The run
 # --------------------------------------------------------------------------
 
-METRIC_COLUMNS = (
-    "seed",
-    "step",
-    "test_accuracy",
-    "test_loss",
-    "validation_accuracy",
-    "validation_loss",
-    "train_loss",
-    "aggregate_norm",
-    "distance_to_honest_mean",
-    "mean_honest_norm",
-    "bits_sent",
-    "suboptimality",
-    "epochs",
-)
 
 # Cumulative metrics (a running total after each round, e.g. epochs): a chunk
 # reports the value after its last round. Every other metric is a per-round

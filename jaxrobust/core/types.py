@@ -7,7 +7,27 @@ from typing import Any, NamedTuple
 
 PyTree = Any
 
-__all__ = ["Problem", "PyTree"]
+__all__ = ["METRIC_COLUMNS", "Problem", "PyTree"]
+
+#: The columns of every ``metrics.csv`` (and, after the grid's, of ``runs.csv``):
+#: the run's seed, the round, and the measurements every algorithm may report.
+#: An algorithm's further metrics follow (see
+#: :func:`jaxrobust.simulator.metric_columns`).
+METRIC_COLUMNS = (
+    "seed",
+    "step",
+    "test_accuracy",
+    "test_loss",
+    "validation_accuracy",
+    "validation_loss",
+    "train_loss",
+    "aggregate_norm",
+    "distance_to_honest_mean",
+    "mean_honest_norm",
+    "bits_sent",
+    "suboptimality",
+    "epochs",
+)
 
 
 class Problem(NamedTuple):
