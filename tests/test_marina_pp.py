@@ -379,3 +379,21 @@ def test_epochs_at_every_evaluation_are_the_exact_cumulative_values(data):
         np.testing.assert_allclose(np.asarray(metrics.epochs), expected, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(states.epochs), expected, rtol=1e-6)
     assert len(kinds) > 1  # chunks with different numbers of full rounds
+
+
+@pytest.mark.parametrize("attack", ["alie_aware", "ipm_aware"])
+def test_aggregator_aware_attacks_run_inside_the_round_kinds(data, attack):
+    """The attack's defence (inside lax.cond, vmapped over runs) traces and runs; the
+    vmapped runs equal the runs one by one."""
+    config = Config(
+        **{**BASE, "steps": 4, "eval_every": 2, "clients_per_round": 5},
+        attack=attack,
+        attack_options={"points": 4},
+        seeds=2,
+    )
+    together = simulator.simulate(config, data)
+    alone = simulator.simulate(config.replace(seeds=1, seed=1), data)
+    rows = [r for r in together.rows if r["seed"] == 1]
+    for a, b in zip(rows, alone.rows, strict=True):
+        assert np.isfinite(a["train_loss"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
