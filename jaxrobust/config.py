@@ -57,7 +57,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import core_schema
 
-from jaxrobust.core import registry
+from jaxrobust.core import check_defence, registry
 
 __all__ = [
     "COMPONENTS",
@@ -118,22 +118,7 @@ class Rules(Registered):
     kind: str = "aggregator"
 
     def check(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        aggregators, pre = registry("aggregator"), registry("preaggregator")
-        if not names or names[-1] not in aggregators:
-            raise ValueError(
-                f"defence must end with an aggregator, got {list(names)}; aggregators: "
-                + ", ".join(aggregators)
-            )
-        for i, name in enumerate(names):
-            if name not in aggregators and name not in pre:
-                raise ValueError(
-                    f"unknown rule {name!r}; choose one of: {', '.join([*aggregators, *pre])}"
-                )
-            if (name in pre) == (i == len(names) - 1):
-                raise ValueError(
-                    f"{name!r} is misplaced: pre-aggregators first, one aggregator last"
-                )
-        return names
+        return check_defence(names)
 
     def allowed(self) -> str:
         return "registered pre-aggregators, then one aggregator (see `jaxrobust list`)"

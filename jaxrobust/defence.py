@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrobust.core import registry
+from jaxrobust.core import check_defence, registry
 
 __all__ = ["build_defence", "make_defence", "output_count", "rule_options"]
 
@@ -63,22 +63,11 @@ def build_defence(
     2.5
     """
     aggregators, pre = registry("aggregator"), registry("preaggregator")
-    names = list(names)
+    names = check_defence(names)
     options = dict(options or {})
-    if not names or names[-1] not in aggregators:
-        raise ValueError(
-            f"defence must end with an aggregator, got {names}; aggregators: "
-            + ", ".join(aggregators)
-        )
     chain, workers = [], n
     for i, name in enumerate(names):
         last = i == len(names) - 1
-        if name not in aggregators and name not in pre:
-            raise ValueError(
-                f"unknown rule {name!r}; choose one of: {', '.join([*aggregators, *pre])}"
-            )
-        if (name in pre) == last:
-            raise ValueError(f"{name!r} is misplaced: pre-aggregators first, one aggregator last")
         kind = aggregators if last else pre
         tx = kind.build(name, f, n=workers, **dict(options.get(name, {})))
         chain.append(tx)

@@ -1,5 +1,12 @@
 """Core of jaxrobust: the registry type (imports no JAX)."""
 
-from jaxrobust.core.registry import REGISTRIES, Entry, Registry, register, registry
+from jaxrobust.core.registry import (
+    REGISTRIES,
+    Entry,
+    Registry,
+    check_defence,
+    register,
+    registry,
+)
 
-__all__ = ["REGISTRIES", "Entry", "Registry", "register", "registry"]
+__all__ = ["REGISTRIES", "Entry", "Registry", "check_defence", "register", "registry"]

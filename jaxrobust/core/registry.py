@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["Entry", "Registry", "REGISTRIES", "register", "registry"]
+__all__ = ["Entry", "Registry", "REGISTRIES", "check_defence", "register", "registry"]
 
 
 # Arguments a factory receives from the run, not from the user's options (and
@@ -293,3 +293,40 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
     True
     """
     return registry(kind).register(name, description=description, replace=replace)
+
+
+def check_defence(names) -> tuple[str, ...]:
+    """Check a defence chain: registered pre-aggregators first, one aggregator last.
+
+    Returns the names as a tuple.
+
+    Raises
+    ------
+    ValueError
+        No aggregator last, an unknown name (listing the valid ones), or a
+        misplaced rule.
+
+    Examples
+    --------
+    >>> check_defence(["arc", "nnm", "trimmed_mean"])
+    ('arc', 'nnm', 'trimmed_mean')
+    >>> check_defence(["trimmed_mean", "nnm"])
+    Traceback (most recent call last):
+    ...
+    ValueError: defence must end with an aggregator, got ['trimmed_mean', 'nnm']; aggregators: ...
+    """
+    aggregators, pre = registry("aggregator"), registry("preaggregator")
+    names = tuple(names)
+    if not names or names[-1] not in aggregators:
+        raise ValueError(
+            f"defence must end with an aggregator, got {list(names)}; aggregators: "
+            + ", ".join(aggregators)
+        )
+    for i, name in enumerate(names):
+        if name not in aggregators and name not in pre:
+            raise ValueError(
+                f"unknown rule {name!r}; choose one of: {', '.join([*aggregators, *pre])}"
+            )
+        if (name in pre) == (i == len(names) - 1):
+            raise ValueError(f"{name!r} is misplaced: pre-aggregators first, one aggregator last")
+    return names
