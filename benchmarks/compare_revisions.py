@@ -60,11 +60,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", help="git revision to compare against (e.g. main~3)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each tree, alternated")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the benchmark script after --")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        parser.error("give the benchmark script after --: BASE [--rounds N] -- SCRIPT [ARGS...]")
+    split = argv.index("--")
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1 :]
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = os.path.join(tmp, "base")
         subprocess.run(
