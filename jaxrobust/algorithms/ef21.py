@@ -1,8 +1,9 @@
 """Byz-EF21-SGDM and its baselines: robust aggregation of compressed messages.
 
 Three algorithms, each one jitted step per round and vmappable over seeds,
-with ``config.compressor`` as the compressor ``C`` (all three are studied by
-Rammal et al., AISTATS 2024; see References):
+with ``config.compressor`` as the compressor ``C``: Byz-EF21-SGDM (Liu, Li,
+Yi, Johansson, 2024) and the baselines of its paper, Byz-EF21 (Rammal et al.,
+AISTATS 2024) and BR-CSGD (see References):
 
 ``"byz_ef21_sgdm"`` (Byz-EF21-SGDM)
     Every honest worker ``i`` keeps Polyak momentum
@@ -84,9 +85,12 @@ evaluation step.
 
 References
 ----------
+Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+distributed learning via compressed momentum filtering", arXiv:2409.08640, 2024 (Byz-EF21-SGDM; BR-CSGD and Byz-EF21 as its baselines).
+
 Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
 for Byzantine robust learning: new efficient algorithms and improved rates",
-AISTATS 2024 (Byz-EF21-SGDM and Byz-EF21).
+AISTATS 2024 (Byz-EF21).
 
 Richtarik, Sokolov, Fatkhullin, "EF21: a new, simpler, theoretically better,
 and practically faster error feedback", NeurIPS 2021 (EF21).
@@ -381,9 +385,9 @@ def byz_ef21_sgdm(setup: Setup) -> Algorithm:
 
     References
     ----------
-    Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
-    for Byzantine robust learning: new efficient algorithms and improved
-    rates", AISTATS 2024.
+    Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+    distributed learning via compressed momentum filtering", arXiv:2409.08640,
+    2024.
 
     Examples
     --------
@@ -459,7 +463,7 @@ def br_csgd(setup: Setup) -> Algorithm:
 
     No worker state and no momentum; the compressor is used as is (an
     unbiased one is intended), and ``init`` and ``rescale_unbiased`` have no
-    effect. A baseline of Rammal et al. (AISTATS 2024).
+    effect. A baseline in Liu et al. (2024).
 
     Parameters
     ----------
@@ -487,9 +491,9 @@ def br_csgd(setup: Setup) -> Algorithm:
 
     References
     ----------
-    Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
-    for Byzantine robust learning: new efficient algorithms and improved
-    rates", AISTATS 2024.
+    Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+    distributed learning via compressed momentum filtering", arXiv:2409.08640,
+    2024.
 
     Examples
     --------
