@@ -86,7 +86,8 @@ evaluation step.
 References
 ----------
 Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
-distributed learning via compressed momentum filtering", arXiv:2409.08640, 2024 (Byz-EF21-SGDM; BR-CSGD and Byz-EF21 as its baselines).
+distributed learning via compressed momentum filtering", arXiv:2409.08640,
+2024 (Byz-EF21-SGDM; BR-CSGD and Byz-EF21 as its baselines).
 
 Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
 for Byzantine robust learning: new efficient algorithms and improved rates",
