@@ -464,6 +464,104 @@ def _padded_chunks(x: np.ndarray, y: np.ndarray, chunk: int):
     )
 
 
+def f_star_of(options: dict, config: Config):
+    """The ``f_star`` option resolved: ``"reference"``, a number, or ``None`` (no metric).
+
+    ``"auto"`` (the default) is ``"reference"`` for a strongly convex problem
+    (``logistic_regression`` with ``l2 > 0``), else ``None``; ``True`` is
+    ``"reference"`` for any model.
+    """
+    option = options.get("f_star", "auto")
+    if isinstance(option, (int, float)) and not isinstance(option, bool):
+        return float(option)
+    if option is True or (
+        option == "auto" and config.model == "logistic_regression" and config.l2 > 0
+    ):
+        return "reference"
+    if option not in ("auto", None, False):
+        raise ValueError(f"f_star must be 'auto', True, False, None or a number, got {option!r}")
+    return None
+
+
+def suboptimality_of(loss_fn, init, x_train: np.ndarray, y_train: np.ndarray, f_star):
+    """``suboptimality(params) = f(params) - f*`` on the whole training set (NaN if ``f_star``
+    is None).
+
+    ``f_star="reference"`` computes ``(x*, f*)`` once, here, with
+    :func:`jaxrobust.optimum.reference_optimum`; near the optimum (below
+    :data:`QUADRATURE_BELOW`) the difference is computed as
+    ``int_0^1 <grad f(x* + t (x - x*)), x - x*> dt`` by Gauss-Legendre
+    quadrature, which does not cancel. A number is used as ``f*`` directly.
+    """
+    if f_star is None:
+        return lambda params: jnp.float32(jnp.nan)
+    params_shape = jax.eval_shape(init, jax.random.key(0))
+    params_star = None
+    if f_star == "reference":
+        from jaxrobust import optimum
+
+        params_star, f_star, info = optimum.reference_optimum(
+            loss_fn, init(jax.random.key(0)), x_train, y_train, return_info=True
+        )
+        if not info.converged:
+            warnings.warn(
+                f"reference optimum not reached ({info.method}, {info.iterations} iterations, "
+                f"||grad f|| = {info.grad_norm:.2e}): suboptimality is relative to its last "
+                "iterate",
+                stacklevel=3,
+            )
+        params_star = jax.tree_util.tree_map(
+            lambda a, s: jnp.asarray(a, s.dtype), params_star, params_shape
+        )
+    chunks = _padded_chunks(x_train, y_train, 4096)
+
+    def one_loss(params, xe, ye):
+        return loss_fn(params, (xe[None], ye[None]))
+
+    def full_mean(per_example):
+        """``sum_e w_e per_example(x_e, y_e)`` over the training set, in chunks."""
+
+        def per_chunk(args):
+            xc, yc, wc = args
+            return jnp.sum(wc * jax.vmap(per_example)(xc, yc))
+
+        return jnp.sum(jax.lax.map(per_chunk, chunks))
+
+    def full_grad(params):
+        def per_chunk(args):
+            xc, yc, wc = args
+            return jax.grad(
+                lambda p: jnp.sum(wc * jax.vmap(one_loss, in_axes=(None, 0, 0))(p, xc, yc))
+            )(params)
+
+        grads = jax.lax.map(per_chunk, chunks)
+        return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
+
+    def segment_integral(params):
+        """``f(x) - f(x*) = int_0^1 <grad f(x* + t delta), delta> dt``, Gauss-Legendre."""
+        delta = tree.sub(params, params_star)
+        total = 0.0
+        for node, weight in zip(GL_NODES, GL_WEIGHTS, strict=True):
+            point = jax.tree_util.tree_map(lambda s, dl, t=node: s + t * dl, params_star, delta)
+            grad = full_grad(point)
+            inner = sum(
+                jnp.vdot(a, b)
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta), strict=True
+                )
+            )
+            total = total + weight * inner
+        return total
+
+    def suboptimality(params):
+        if params_star is None:
+            return full_mean(lambda xe, ye: one_loss(params, xe, ye)) - f_star
+        direct = full_mean(lambda xe, ye: one_loss(params, xe, ye) - one_loss(params_star, xe, ye))
+        return jnp.where(direct < QUADRATURE_BELOW, segment_integral(params), direct)
+
+    return suboptimality
+
+
 # --------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------
@@ -586,80 +684,12 @@ def build(setup: Setup) -> Algorithm:
         attack = attacks.attack_of(config)
     flipped_needed = nb > 0 and not shift_back and attack.needs_flipped_labels
 
-    # ---------------- suboptimality
-    f_star_option = options.get("f_star", "auto")
-    params_star, f_star = None, None
-    if isinstance(f_star_option, (int, float)) and not isinstance(f_star_option, bool):
-        f_star = float(f_star_option)
-    elif f_star_option is True or (
-        f_star_option == "auto" and config.model == "logistic_regression" and config.l2 > 0
-    ):
-        from jaxrobust import optimum
-
-        params_star, f_star, info = optimum.reference_optimum(
-            loss_fn, problem.init(jax.random.key(0)), x_train_np, y_train_np, return_info=True
-        )
-        if not info.converged:
-            warnings.warn(
-                f"reference optimum not reached ({info.method}, {info.iterations} iterations, "
-                f"||grad f|| = {info.grad_norm:.2e}): suboptimality is relative to its last "
-                "iterate",
-                stacklevel=2,
-            )
-        params_star = jax.tree_util.tree_map(
-            lambda a, s: jnp.asarray(a, s.dtype), params_star, params_shape
-        )
-    elif f_star_option not in ("auto", None, False):
-        raise ValueError(
-            f"f_star must be 'auto', True, False, None or a number, got {f_star_option!r}"
-        )
-    chunks = _padded_chunks(x_train_np, y_train_np, 4096) if f_star is not None else None
+    suboptimality = suboptimality_of(
+        loss_fn, problem.init, x_train_np, y_train_np, f_star_of(options, config)
+    )
 
     def one_loss(params, xe, ye):
         return loss_fn(params, (xe[None], ye[None]))
-
-    def suboptimality(params):
-        if chunks is None:
-            return jnp.float32(jnp.nan)
-        if params_star is None:
-            return full_mean(lambda xe, ye: one_loss(params, xe, ye)) - f_star
-        direct = full_mean(lambda xe, ye: one_loss(params, xe, ye) - one_loss(params_star, xe, ye))
-        return jnp.where(direct < QUADRATURE_BELOW, segment_integral(params), direct)
-
-    def full_mean(per_example):
-        """``sum_e w_e per_example(x_e, y_e)`` over the training set, in chunks."""
-
-        def per_chunk(args):
-            xc, yc, wc = args
-            return jnp.sum(wc * jax.vmap(per_example)(xc, yc))
-
-        return jnp.sum(jax.lax.map(per_chunk, chunks))
-
-    def full_grad(params):
-        def per_chunk(args):
-            xc, yc, wc = args
-            return jax.grad(
-                lambda p: jnp.sum(wc * jax.vmap(one_loss, in_axes=(None, 0, 0))(p, xc, yc))
-            )(params)
-
-        grads = jax.lax.map(per_chunk, chunks)
-        return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
-
-    def segment_integral(params):
-        """``f(x) - f(x*) = int_0^1 <grad f(x* + t delta), delta> dt``, Gauss-Legendre."""
-        delta = tree.sub(params, params_star)
-        total = 0.0
-        for node, weight in zip(GL_NODES, GL_WEIGHTS, strict=True):
-            point = jax.tree_util.tree_map(lambda s, dl, t=node: s + t * dl, params_star, delta)
-            grad = full_grad(point)
-            inner = sum(
-                jnp.vdot(a, b)
-                for a, b in zip(
-                    jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta), strict=True
-                )
-            )
-            total = total + weight * inner
-        return total
 
     evaluate_splits = evaluator(problem, dataset)
 
