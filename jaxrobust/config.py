@@ -77,7 +77,12 @@ COMPONENTS = {
     "attack": "attack_options",
     "compressor": "compressor_options",
     "algorithm": "algorithm_options",
+    "heterogeneity": "heterogeneity_options",
 }
+
+#: Fields written by :meth:`Config.to_dict` only when not empty (added after the
+#: first release; sweeps' run ids hash the written fields).
+OMITTED_WHEN_EMPTY = ("plugins", "defence_options", "heterogeneity_options")
 
 
 class ConfigError(ValueError):
@@ -215,6 +220,10 @@ class Config(BaseModel):
         0.5, ge=0.0, le=1.0, **_vmapped("fraction split iid (gamma_similarity scheme)")
     )
     shards_per_worker: int = Field(2, ge=1, **_vmapped("label shards per worker (shards scheme)"))
+    heterogeneity_options: dict[str, Any] = Field(
+        default_factory=dict,
+        **_vmapped("further options of the heterogeneity scheme (e.g. a registered user scheme)"),
+    )
     # model
     model: Annotated[str, Registered("model")] = Field("mlp", description="the model to train")
     l2: float = Field(0.0, ge=0.0, description="l2 penalty added to the loss")
@@ -382,6 +391,7 @@ class Config(BaseModel):
             self._check_attack_options()
             registry("compressor").check_options(self.compressor, self.compressor_options)
             registry("algorithm").check_options(self.algorithm, self.algorithm_options)
+            registry("heterogeneity").check_options(self.heterogeneity, self.heterogeneity_options)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self
@@ -429,15 +439,18 @@ class Config(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain YAML-ready values (tuples as lists), in declaration order.
 
-        ``plugins`` is left out when empty, so that configurations without
-        plugins write (and hash, for a sweep's run ids) as before the field existed.
+        The fields added since the first release (:data:`OMITTED_WHEN_EMPTY`:
+        ``plugins``, ``defence_options``, ``heterogeneity_options``) are left out
+        when empty, so that configurations without them write (and hash, for a
+        sweep's run ids) as before the fields existed.
         """
         out = self.model_dump()
         out["defence"] = list(self.defence)
-        if self.plugins:
-            out["plugins"] = list(self.plugins)
-        else:
-            del out["plugins"]
+        for name in OMITTED_WHEN_EMPTY:
+            if out[name]:
+                out[name] = list(out[name]) if name == "plugins" else out[name]
+            else:
+                del out[name]
         return out
 
     def to_yaml(self) -> str:

@@ -267,6 +267,20 @@ def worker_tables(config: Config, labels: np.ndarray, seeds) -> tuple[np.ndarray
     return run_tables([(config, int(seed)) for seed in seeds], labels)
 
 
+def partition_of(config: Config, labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """The honest workers' parts of the training set under the config's heterogeneity."""
+    return partition(
+        labels,
+        config.num_honest,
+        config.heterogeneity,
+        alpha=config.alpha,
+        gamma=config.gamma,
+        shards_per_worker=config.shards_per_worker,
+        seed=seed,
+        **config.heterogeneity_options,
+    )
+
+
 def run_tables(runs, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Partition tables of several ``(config, seed)`` runs, padded to one shape.
 
@@ -285,18 +299,7 @@ def run_tables(runs, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``indices`` ``(runs, h, width)`` with ``width`` the largest part, and
         ``sizes`` ``(runs, h)``, both ``int32``.
     """
-    tables = []
-    for config, seed in runs:
-        parts = partition(
-            labels,
-            config.num_honest,
-            config.heterogeneity,
-            alpha=config.alpha,
-            gamma=config.gamma,
-            shards_per_worker=config.shards_per_worker,
-            seed=int(seed),
-        )
-        tables.append(stack_partition(parts))
+    tables = [stack_partition(partition_of(config, labels, int(seed))) for config, seed in runs]
     width = max(t[0].shape[1] for t in tables)
     indices = np.stack(
         [np.take_along_axis(idx, np.arange(width)[None] % size[:, None], 1) for idx, size in tables]

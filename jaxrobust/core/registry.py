@@ -249,6 +249,11 @@ class Registry(Mapping[str, Callable[..., Any]]):
 
         return add if factory is None else add(factory)
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (``ValueError`` listing the names if it is not registered)."""
+        self.entry(name)
+        del self._entries[name]
+
     # -- lookup ---------------------------------------------------------------
     def _load(self) -> None:
         if not self._loaded:
