@@ -105,8 +105,10 @@ def _flags_given(args: argparse.Namespace) -> bool:
 
 def command_run(args: argparse.Namespace) -> int:
     from jaxrobust import simulator
+    from jaxrobust.algorithms.base import check_setting
 
     config = resolve_config(args)
+    check_setting(config)  # a rule's bound or a bad option fails before anything is shown
     dataset = simulator.load_for(config)
     if args.show_partition:
         from jaxrobust.data import class_counts, format_class_table

@@ -374,9 +374,13 @@ class Config(BaseModel):
             ``dsgd``, or options a component does not take.
         """
         if self.steps % self.eval_every:
+            fit = max(
+                d for d in range(1, min(self.eval_every, self.steps) + 1) if not self.steps % d
+            )
             raise ConfigError(
                 f"steps needs to be a multiple of eval_every, got steps={self.steps}, "
-                f"eval_every={self.eval_every}"
+                f"eval_every={self.eval_every} (set eval_every too, e.g. eval_every={fit}: "
+                f"--eval-every {fit})"
             )
         if self.clients_per_round is not None and self.clients_per_round > self.num_workers:
             raise ConfigError(
@@ -560,9 +564,11 @@ def load_plugins(plugins: Iterable[str]) -> list[types.ModuleType]:
     """Import the modules ``plugins`` (dotted names, or paths to ``.py`` files), once each.
 
     A plugin registers its components with :func:`jaxrobust.register` when
-    imported. A file is imported under its own name when that name would
-    import the same file (so that ``import plugin`` elsewhere does not
-    register everything twice), else under a private name.
+    imported. Dotted names are looked up on the Python path and, last, in the
+    working directory (as ``python -m`` would). A file is imported under its
+    own name when that name would import the same file (so that ``import
+    plugin`` elsewhere does not register everything twice), else under a
+    private name.
 
     Raises
     ------
@@ -579,6 +585,10 @@ def load_plugins(plugins: Iterable[str]) -> list[types.ModuleType]:
 
 
 def _import_module(name: str) -> types.ModuleType:
+    # As ``python -m`` does, the working directory is on the path: ``--plugin my_plugins``
+    # finds ./my_plugins.py from the installed ``jaxrobust`` command too.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:

@@ -121,8 +121,9 @@ class LogisticRegression(nn.Module):
 
 
 class MLP(nn.Module):
-    """Multi-layer perceptron: ``Dense(h) -> ReLU`` for each ``h`` in ``hidden``, then
-    ``Dense(num_classes)``, on the flattened input.
+    """Multi-layer perceptron on the flattened input: ``Dense(h) -> ReLU`` per hidden width.
+
+    ``Dense(h) -> ReLU`` for each ``h`` in ``hidden``, then ``Dense(num_classes)``.
 
     With the default ``hidden=(128, 128)`` on 28x28x1 (784 features) and 10 classes:
     ``784*128+128 + 128*128+128 + 128*10+10 = 118,282`` parameters.

@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.algorithms.base import Algorithm, RoundMetrics, Setup, metric_fields
+from jaxrobust.algorithms.base import (
+    Algorithm,
+    RoundMetrics,
+    Setup,
+    check_setting,
+    metric_fields,
+)
 from jaxrobust.algorithms.dsgd import DSGDState as RunState  # noqa: F401  (compatibility)
 from jaxrobust.algorithms.dsgd import ServerMemory  # noqa: F401  (compatibility)
 from jaxrobust.config import Config
@@ -341,6 +347,7 @@ def iterate(
 
 def _iterate(config: Config, dataset: datasets.Dataset | None, problem: Problem | None):
     config.validate()
+    check_setting(config)
     dataset = load_for(config) if dataset is None else with_validation_split(config, dataset)
     init, chunk, evaluate, sim = compiled_run(config, dataset, problem)
     seeds = config.seed + np.arange(config.seeds)

@@ -21,6 +21,19 @@ Byzantine vectors (an omniscient attacker: it sees the honest vectors and, if
 it asks, the defence in use), assembles what the server receives and applies
 the defence. :func:`jaxrobust.server.server_update` then applies the server
 optimiser, and :func:`round_metrics` reports the round.
+
+The other pieces a step needs, each shared by the built-in algorithms:
+:func:`jaxrobust.data.sample_batches` (each worker's minibatch indices from
+the ``indices`` / ``sizes`` tables), :func:`jaxrobust.workers.per_worker_gradients`
+(every worker's loss and gradient, vmapped), :func:`jaxrobust.workers.momentum_update`,
+:func:`jaxrobust.defence.make_defence` and :func:`jaxrobust.attacks.attack_of`
+(the configuration's defence chain and attack), and :class:`Setup`'s
+``x_train`` / ``y_train`` / ``evaluate()``. Declare ``factory.metrics`` (the
+NamedTuple type the step reports, when it adds fields to
+:class:`RoundMetrics`), ``factory.options`` (the ``algorithm_options`` it
+takes, with defaults) and, if needed, ``factory.check(config)`` (refuses a
+setting before anything runs). A complete example of 70 lines, robust SGD
+without momentum, is ``tests/plugin_algorithm.py`` in the repository.
 """
 
 from __future__ import annotations
@@ -202,9 +215,11 @@ def metric_fields(factory: Callable) -> tuple[str, ...]:
 def check_setting(config) -> None:
     """Refuse, before anything runs, a configuration the algorithm cannot run.
 
-    Calls ``factory.check(config)`` of the configuration's algorithm when it
-    declares one, else builds the configuration's defence (which raises a
-    ``ValueError`` naming a rule's bound).
+    Builds the configuration's attack and compressor (whose factories check
+    their options), then calls ``factory.check(config)`` of the
+    configuration's algorithm when it declares one, else builds the
+    configuration's defence (which raises a ``ValueError`` naming a rule's
+    bound). Cheap: nothing is traced.
 
     Parameters
     ----------
@@ -222,6 +237,8 @@ def check_setting(config) -> None:
     >>> from jaxrobust.config import Config
     >>> check_setting(Config(defence=("nnm", "trimmed_mean")))  # 13 workers, f = 3: fine
     """
+    attacks.attack_of(config)
+    registry("compressor").build(config.compressor, **config.compressor_options)
     factory = registry("algorithm").entry(config.algorithm).factory
     check = getattr(factory, "check", None)
     if check is None:
