@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrobust import functional as F
+from jaxrobust import kernels
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 
@@ -115,3 +116,19 @@ def test_the_small_case_of_four_scalars():
     # NNM with f = 1: the mean of each vector's 3 nearest (ties to the lower index)
     expected = [4096.5, 4096.5, 4096.5, (4100.0 + 4097.0 + 4096.5) / 3]
     np.testing.assert_allclose(np.asarray(F.nnm(x, 1))[:, 0], expected, rtol=0, atol=1e-3)
+
+
+def test_krum_and_nnm_on_weights_with_a_shared_gaussian_offset():
+    # 9 workers, d = 100,000, a shared N(0, 1) offset, a spread of 1e-3: the
+    # raw Gram route is off by up to 30 % here and picks other rows.
+    rng = np.random.default_rng(3)
+    n, d, f = 9, 100_000, 2
+    x = (rng.standard_normal(d) + 1e-3 * rng.standard_normal((n, d))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    expected = ref.sq_dist(x64)
+    got = np.asarray(jax.jit(lambda v: F.krum(v, f))(x))
+    np.testing.assert_array_equal(got, x[np.argmin(ref.krum_scores(x64, f))])
+    mixed = np.asarray(jax.jit(lambda v: F.nnm(v, f))(x), np.float64)
+    np.testing.assert_allclose(mixed, ref.nnm(x64, f), rtol=0, atol=1e-6)
+    dist = np.asarray(kernels.pairwise_squared_distances(x))
+    np.testing.assert_allclose(dist, expected, rtol=1e-5)
