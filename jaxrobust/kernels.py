@@ -29,6 +29,10 @@ Performance notes (measured on a 2-core CPU, see ``benchmarks/``)
   times slower than a loop of cache-sized blocks, so on CPU the Gram matrix
   runs blocked; on accelerators it is a plain dot. Row mixing (``W @ X``) is
   a plain dot everywhere (the blocked loop measured 2.6x slower).
+* Centring before the Gram product (exact distances under a common offset)
+  costs one extra pass for the coordinate-wise median: at ``n = 16``,
+  ``d = 1,663,370`` float32, 6.7 ms next to 23 ms for the raw Gram product
+  (31 ms centred), best of 7 on a shared, loaded machine.
 """
 
 from __future__ import annotations
