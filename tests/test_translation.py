@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from jaxrobust import functional as F
 from jaxrobust import kernels
 
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, database=None)
 
 # name -> (rule(tree, f), float64 numpy reference(x, f) or None, reduces); the
 # distance rules break ties by the lower index, as their references do
@@ -45,6 +45,11 @@ RULES = {
     "monna": (F.monna, ref.monna, True),
     "geometric_median": (lambda x, f: F.geometric_median(x), None, True),
     "nnm": (F.nnm, ref.nnm, False),
+    "dnc": (
+        lambda x, f: F.dnc(x, f, jax.random.key(0), subsample=10**6),
+        ref.dnc_all_coordinates,
+        True,
+    ),
 }
 
 # Integer data in [-K, K]; offsets up to scale * K with integer entries.
