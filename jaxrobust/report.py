@@ -131,6 +131,13 @@ def measured_columns(columns: Iterable[str]) -> list[str]:
     -------
     list of str
         The measurement columns, ``step`` included, in file order.
+
+    Examples
+    --------
+    >>> measured_columns(["run_id", "attack", "lr", "seed", "step", "test_accuracy", "bits"])
+    ['step', 'test_accuracy', 'bits']
+    >>> measured_columns(["attack", "step", "test_accuracy", "bits"])
+    ['step', 'test_accuracy']
     """
     columns = list(columns)
     if "seed" in columns:
@@ -157,6 +164,75 @@ def load_runs(
     ``sweep_config`` is ``{}`` without a ``sweep.yaml``. With
     ``complete_only``, runs that have not reached the sweep's ``steps`` are
     left out (with a warning): their best accuracy so far is not comparable.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The sweep's output directory, holding ``runs.csv`` and optionally
+        ``sweep.yaml``.
+    complete_only : bool, default True
+        Leave out the runs whose last ``step`` is below the config's
+        ``steps`` (only when ``steps`` is an int in ``sweep.yaml``).
+
+    Returns
+    -------
+    rows : list of dict
+        One dict per line of ``runs.csv``, column -> value: ``run_id`` a str,
+        grid cells int, float, str or None, ``seed`` and ``step`` int, the
+        measurements float.
+    sweep_config : dict
+        The parsed ``sweep.yaml``, or ``{}`` without one.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``directory`` does not exist, or holds no ``runs.csv``.
+    ValueError
+        If ``sweep.yaml`` does not hold a mapping (``"... must hold a mapping
+        of config fields"``), ``runs.csv`` lacks ``seed``, ``step`` or
+        ``test_accuracy`` (``"... lacks the column(s) ...; not a sweep
+        file"``), holds no rows (``"... holds no rows yet"``), or, with
+        ``complete_only``, no complete run (``"... holds no complete run
+        yet"``).
+
+    Warns
+    -----
+    UserWarning
+        When ``complete_only`` leaves out incomplete runs.
+
+    Examples
+    --------
+    A sweep of one setting: two attacks, two learning rates, one seed,
+    evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
+    :func:`jaxrobust.sweep.run_sweep` writes them):
+
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with open(os.path.join(directory, "runs.csv"), "w") as fh:
+    ...     _ = fh.write(
+    ...         "run_id,attack,lr,seed,step,test_accuracy,validation_accuracy\\n"
+    ...         "a,sign_flip,0.1,0,10,0.5,0.8\\n"
+    ...         "a,sign_flip,0.1,0,20,0.7,0.8\\n"
+    ...         "b,alie,0.1,0,10,0.4,0.7\\n"
+    ...         "b,alie,0.1,0,20,0.6,0.7\\n"
+    ...         "c,sign_flip,0.5,0,10,0.9,0.95\\n"
+    ...         "c,sign_flip,0.5,0,20,0.9,0.95\\n"
+    ...         "d,alie,0.5,0,10,0.85,0.6\\n"
+    ...         "d,alie,0.5,0,20,0.85,0.6\\n"
+    ...     )
+    >>> with open(os.path.join(directory, "sweep.yaml"), "w") as fh:
+    ...     _ = fh.write("dataset: digits\\nsteps: 20\\ndefence: median\\n"
+    ...                  "grid: {attack: [sign_flip, alie], lr: [0.1, 0.5]}\\n")
+    >>> rows, config = load_runs(directory)
+    >>> len(rows), config["steps"]
+    (8, 20)
+    >>> rows[0]
+    {'run_id': 'a', 'attack': 'sign_flip', 'lr': 0.1, 'seed': 0, 'step': 10,
+     'test_accuracy': 0.5, 'validation_accuracy': 0.8}
+    >>> load_runs(os.path.join(directory, "missing"))
+    Traceback (most recent call last):
+        ...
+    FileNotFoundError: no sweep directory '...missing'
     """
     directory = os.fspath(directory)
     path = os.path.join(directory, "runs.csv")
@@ -222,7 +298,40 @@ def load_runs(
 
 @dataclasses.dataclass
 class SettingResult:
-    """One row of the table: one setting at its chosen hyperparameters."""
+    """One row of the table: one setting at its chosen hyperparameters.
+
+    Attributes
+    ----------
+    setting : dict
+        Setting field -> value (``{}`` when the grid has no setting field).
+    per_attack : dict of str to float
+        Attack -> ``metric``, best over the run then mean over seeds (or the
+        other order, see ``WorstCaseTable.reduce``); NaN if it has no runs.
+    worst_case : float
+        The worst of ``per_attack`` (lowest, or highest for a loss); NaN if
+        an attack has no value.
+    worst_attack : str or None
+        The attack achieving ``worst_case``; None where it is NaN.
+    hyperparameters : dict
+        The chosen combination, field -> value (``{}`` if none is in the grid).
+    selection_score : float
+        The chosen combination's worst case on the selection column.
+    num_seeds : int
+        Fewest seeds of any attack at the chosen combination.
+    candidates : int
+        Number of hyperparameter combinations compared.
+
+    Examples
+    --------
+    >>> rows = [{"attack": a, "lr": lr, "seed": 0, "step": 1, "test_accuracy": acc}
+    ...         for a, lr, acc in [("alie", 0.1, 0.6), ("alie", 0.5, 0.8),
+    ...                            ("ipm", 0.1, 0.7), ("ipm", 0.5, 0.5)]]
+    >>> (result,) = worst_case_table(rows).rows
+    >>> result.hyperparameters, result.per_attack, result.worst_case, result.worst_attack
+    ({'lr': 0.1}, {'alie': 0.6, 'ipm': 0.7}, 0.6, 'alie')
+    >>> result.selection_score, result.num_seeds, result.candidates
+    (0.6, 1, 2)
+    """
 
     setting: dict[str, Any]  # setting field -> value
     per_attack: dict[str, float]  # attack -> best metric over the run, mean over seeds
@@ -236,6 +345,49 @@ class SettingResult:
 
 @dataclasses.dataclass
 class WorstCaseTable:
+    """The worst-case table of a sweep: one :class:`SettingResult` per setting.
+
+    Built by :func:`worst_case_table`; written by :func:`write_table_csv`,
+    :func:`table_markdown` and :func:`plot_heatmap`.
+
+    Attributes
+    ----------
+    metric : str
+        The reported column, e.g. ``"test_accuracy"``.
+    selected_on : str
+        The column the hyperparameters were chosen on (``metric`` itself when
+        there was no validation column to select on).
+    reduce : str
+        ``"max_then_mean"`` or ``"mean_then_max"`` (see :data:`REDUCTIONS`).
+    setting_fields : list of str
+        The grid fields that define a setting.
+    attacks : list of str
+        The attacks, one column each, in grid order.
+    hyperparameter_fields : list of str
+        The grid fields tuned per setting.
+    rows : list of SettingResult
+        One per setting, in the order of the settings' values.
+    notes : list of str
+        Caveats to show with the table (e.g. selection on the test metric).
+    attack_field : str, default "attack"
+        The column holding the attack.
+
+    Examples
+    --------
+    >>> rows = [
+    ...     {"num_byzantine": f, "alpha": alpha, "attack": attack, "seed": 0, "step": 10,
+    ...      "test_accuracy": 1.0 - 0.2 * f - (0.1 if attack == "alie" else 0.0) - 0.1 * alpha}
+    ...     for f in (1, 2) for alpha in (0.5, 1.0) for attack in ("sign_flip", "alie")
+    ... ]
+    >>> table = worst_case_table(rows)
+    >>> table.setting_fields, table.attacks, table.hyperparameter_fields
+    (['num_byzantine', 'alpha'], ['sign_flip', 'alie'], [])
+    >>> [round(r.worst_case, 3) for r in table.rows]
+    [0.65, 0.6, 0.45, 0.4]
+    >>> table.selected_on, len(table.notes)
+    ('test_accuracy', 1)
+    """
+
     metric: str
     selected_on: str  # the column the hyperparameters were chosen on
     reduce: str
@@ -247,11 +399,43 @@ class WorstCaseTable:
     attack_field: str = "attack"
 
     def varying_settings(self) -> list[str]:
-        """Setting fields with more than one value in the table."""
+        """Setting fields with more than one value in the table.
+
+        Returns
+        -------
+        list of str
+            The fields of :attr:`setting_fields` that vary across
+            :attr:`rows`, in their order (``1`` and ``1.0`` count as one value).
+
+        Examples
+        --------
+        >>> rows = [{"dataset": "digits", "num_byzantine": f, "attack": "alie", "seed": 0,
+        ...          "step": 1, "test_accuracy": 0.9 - 0.1 * f} for f in (1, 2)]
+        >>> table = worst_case_table(rows)
+        >>> table.setting_fields, table.varying_settings()
+        (['dataset', 'num_byzantine'], ['num_byzantine'])
+        """
         return [f for f in self.setting_fields if len({_key(r.setting[f]) for r in self.rows}) > 1]
 
     def records(self) -> list[dict[str, Any]]:
-        """Flat dicts, one per setting: the CSV's rows."""
+        """Flat dicts, one per setting: the CSV's rows.
+
+        Returns
+        -------
+        list of dict
+            Per row: its setting fields, one key per attack (NaN where it
+            has no value), ``worst_case``, ``worst_attack``, the chosen
+            hyperparameters, ``selected_on``, ``selection_worst_case`` and
+            ``num_seeds``.
+
+        Examples
+        --------
+        >>> rows = [{"attack": a, "lr": 0.1, "seed": 0, "step": 1, "test_accuracy": acc}
+        ...         for a, acc in [("alie", 0.6), ("ipm", 0.7)]]
+        >>> worst_case_table(rows).records()
+        [{'alie': 0.6, 'ipm': 0.7, 'worst_case': 0.6, 'worst_attack': 'alie', 'lr': 0.1,
+          'selected_on': 'test_accuracy', 'selection_worst_case': 0.6, 'num_seeds': 1}]
+        """
         out = []
         for r in self.rows:
             record = dict(r.setting)
@@ -350,6 +534,84 @@ def worst_case_table(
     ``table.notes``). Pass ``hyperparameters=()`` to keep every combination as
     its own setting. Columns with ``loss``, ``norm`` or ``distance`` in their
     name are minimised: for them "best" is the lowest, the worst case the highest.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows as :func:`load_runs` returns them (column -> value), all with
+        the keys of the first, which must hold ``step`` and ``metric``.
+    attack_field : str, default "attack"
+        The column holding the attack.
+    metric : str, default "test_accuracy"
+        The measurement column to report.
+    select_on : str or None, default "validation_accuracy"
+        The measurement column to choose the hyperparameters on.
+    hyperparameters : sequence of str, default :data:`DEFAULT_HYPERPARAMETERS`
+        The grid fields tuned per setting (those absent from the rows are
+        ignored).
+    reduce : {"max_then_mean", "mean_then_max"}
+        The order of "best over the run" and "mean over seeds".
+
+    Returns
+    -------
+    WorstCaseTable
+        One :class:`SettingResult` per setting, in the order of the
+        settings' values (numbers ascending, strings as they appear).
+
+    Raises
+    ------
+    ValueError
+        If ``reduce`` is not one of :data:`REDUCTIONS` (``"reduce must be
+        one of max_then_mean, mean_then_max, got ..."``), ``rows`` is empty
+        (``"no rows to report on"``) or ``metric`` is not a column
+        (``"unknown metric ...; runs.csv has ..."``).
+
+    Examples
+    --------
+    A sweep of one setting: two attacks, two learning rates, one seed,
+    evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
+    :func:`jaxrobust.sweep.run_sweep` writes them):
+
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with open(os.path.join(directory, "runs.csv"), "w") as fh:
+    ...     _ = fh.write(
+    ...         "run_id,attack,lr,seed,step,test_accuracy,validation_accuracy\\n"
+    ...         "a,sign_flip,0.1,0,10,0.5,0.8\\n"
+    ...         "a,sign_flip,0.1,0,20,0.7,0.8\\n"
+    ...         "b,alie,0.1,0,10,0.4,0.7\\n"
+    ...         "b,alie,0.1,0,20,0.6,0.7\\n"
+    ...         "c,sign_flip,0.5,0,10,0.9,0.95\\n"
+    ...         "c,sign_flip,0.5,0,20,0.9,0.95\\n"
+    ...         "d,alie,0.5,0,10,0.85,0.6\\n"
+    ...         "d,alie,0.5,0,20,0.85,0.6\\n"
+    ...     )
+    >>> with open(os.path.join(directory, "sweep.yaml"), "w") as fh:
+    ...     _ = fh.write("dataset: digits\\nsteps: 20\\ndefence: median\\n"
+    ...                  "grid: {attack: [sign_flip, alie], lr: [0.1, 0.5]}\\n")
+    >>> rows, _ = load_runs(directory)
+
+    ``lr=0.1`` has the better worst case on validation (0.7 against 0.6), so
+    its test accuracies are reported, although ``lr=0.5`` is better on test:
+
+    >>> (result,) = worst_case_table(rows).rows
+    >>> result.hyperparameters, result.per_attack, result.worst_case, result.worst_attack
+    ({'lr': 0.1}, {'sign_flip': 0.7, 'alie': 0.6}, 0.6, 'alie')
+
+    Selecting on the test metric itself picks ``lr=0.5`` (optimistic, noted):
+
+    >>> table = worst_case_table(rows, select_on=None)
+    >>> table.rows[0].hyperparameters, table.rows[0].worst_case, table.notes
+    ({'lr': 0.5}, 0.85, ['hyperparameters were selected on test_accuracy itself (optimistic)'])
+
+    Every combination as its own setting:
+
+    >>> [(r.setting, r.worst_case) for r in worst_case_table(rows, hyperparameters=()).rows]
+    [({'lr': 0.1}, 0.6), ({'lr': 0.5}, 0.85)]
+    >>> worst_case_table(rows, metric="accuracy")
+    Traceback (most recent call last):
+        ...
+    ValueError: unknown metric 'accuracy'; runs.csv has test_accuracy, validation_accuracy
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
@@ -484,7 +746,32 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def write_table_csv(table: WorstCaseTable, path: str | os.PathLike) -> str:
     """One row per setting: setting fields, one column per attack, ``worst_case``,
     ``worst_attack``, the chosen hyperparameters, ``selected_on``,
-    ``selection_worst_case`` and ``num_seeds``."""
+    ``selection_worst_case`` and ``num_seeds``.
+
+    Parameters
+    ----------
+    table : WorstCaseTable
+        The table of :func:`worst_case_table`.
+    path : str or os.PathLike
+        The CSV file to write (overwritten).
+
+    Returns
+    -------
+    str
+        ``path``. Cells are empty for None and ``nan`` for a NaN number;
+        lines end in ``\\r\\n``, as the csv module writes them.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> rows = [{"attack": a, "lr": 0.1, "seed": 0, "step": 1, "test_accuracy": acc}
+    ...         for a, acc in [("alie", 0.6), ("ipm", 0.7)]]
+    >>> path = write_table_csv(worst_case_table(rows), os.path.join(tempfile.mkdtemp(), "t.csv"))
+    >>> print(open(path).read())
+    alie,ipm,worst_case,worst_attack,lr,selected_on,selection_worst_case,num_seeds
+    0.6,0.7,0.6,alie,0.1,test_accuracy,0.6,1
+    <BLANKLINE>
+    """
     header = [
         *table.setting_fields,
         *table.attacks,
@@ -551,6 +838,46 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
         fields, one column per attack, the worst case and its attack, the
         chosen hyperparameters), the fixed fields, the seeds per cell and the
         table's notes.
+
+    Examples
+    --------
+    A sweep of one setting: two attacks, two learning rates, one seed,
+    evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
+    :func:`jaxrobust.sweep.run_sweep` writes them):
+
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with open(os.path.join(directory, "runs.csv"), "w") as fh:
+    ...     _ = fh.write(
+    ...         "run_id,attack,lr,seed,step,test_accuracy,validation_accuracy\\n"
+    ...         "a,sign_flip,0.1,0,10,0.5,0.8\\n"
+    ...         "a,sign_flip,0.1,0,20,0.7,0.8\\n"
+    ...         "b,alie,0.1,0,10,0.4,0.7\\n"
+    ...         "b,alie,0.1,0,20,0.6,0.7\\n"
+    ...         "c,sign_flip,0.5,0,10,0.9,0.95\\n"
+    ...         "c,sign_flip,0.5,0,20,0.9,0.95\\n"
+    ...         "d,alie,0.5,0,10,0.85,0.6\\n"
+    ...         "d,alie,0.5,0,20,0.85,0.6\\n"
+    ...     )
+    >>> with open(os.path.join(directory, "sweep.yaml"), "w") as fh:
+    ...     _ = fh.write("dataset: digits\\nsteps: 20\\ndefence: median\\n"
+    ...                  "grid: {attack: [sign_flip, alie], lr: [0.1, 0.5]}\\n")
+    >>> rows, config = load_runs(directory)
+    >>> print(table_markdown(worst_case_table(rows), config))
+    # Worst-case maximal test_accuracy
+    <BLANKLINE>
+    Each attack column: test_accuracy, best over the evaluation steps of each run, then the
+    mean over seeds. Worst case: the lowest over the attacks. Hyperparameters (lr) chosen per
+    setting for the best worst-case validation_accuracy.
+    <BLANKLINE>
+    | sign_flip | alie | worst case | worst attack | lr |
+    | ---: | ---: | ---: | --- | ---: |
+    | 0.7000 | 0.6000 | **0.6000** | alie | 0.1 |
+    <BLANKLINE>
+    Fixed: dataset=digits, defence=median, steps=20
+    <BLANKLINE>
+    Seeds per cell: 1.
+    <BLANKLINE>
     """
     varying = table.varying_settings()
     fixed = [f for f in table.setting_fields if f not in varying]
@@ -605,6 +932,36 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
 def write_table_markdown(
     table: WorstCaseTable, path: str | os.PathLike, sweep_config: dict[str, Any] | None = None
 ) -> str:
+    """Write :func:`table_markdown` of ``table`` to ``path``.
+
+    Parameters
+    ----------
+    table : WorstCaseTable
+        The table of :func:`worst_case_table`.
+    path : str or os.PathLike
+        The Markdown file to write (overwritten).
+    sweep_config : dict, optional
+        The sweep's config, for the fixed fields (see :func:`table_markdown`).
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> rows = [{"attack": "alie", "seed": 0, "step": 1, "test_accuracy": 0.6}]
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.md")
+    >>> path = write_table_markdown(worst_case_table(rows), path)
+    >>> print(open(path).read())
+    # Worst-case maximal test_accuracy
+    ...
+    | alie | worst case | worst attack |
+    | ---: | ---: | --- |
+    | 0.6000 | **0.6000** | alie |
+    ...
+    """
     with open(path, "w") as fh:
         fh.write(table_markdown(table, sweep_config))
     return os.fspath(path)
@@ -634,6 +991,45 @@ def plot_heatmap(table: WorstCaseTable, x_field: str, y_field: str, path: str | 
     One panel per combination of the other varying setting fields (e.g. per
     defence), all on one colour scale; each cell shows the worst case and,
     below it, the attack that achieved it. Writes a PNG to ``path``.
+
+    Parameters
+    ----------
+    table : WorstCaseTable
+        The table of :func:`worst_case_table`.
+    x_field, y_field : str
+        Setting fields of ``table`` for the columns and rows of each panel
+        (see :func:`heatmap_fields` for a default).
+    path : str or os.PathLike
+        The PNG file to write (overwritten).
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``x_field`` or ``y_field`` is not in ``table.setting_fields``
+        (``"... is not a setting field of the table; choose from ..."``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> rows = [
+    ...     {"num_byzantine": f, "alpha": alpha, "attack": attack, "seed": 0, "step": 10,
+    ...      "test_accuracy": 1.0 - 0.2 * f - (0.1 if attack == "alie" else 0.0) - 0.1 * alpha}
+    ...     for f in (1, 2) for alpha in (0.5, 1.0) for attack in ("sign_flip", "alie")
+    ... ]
+    >>> table = worst_case_table(rows)
+    >>> path = os.path.join(tempfile.mkdtemp(), "h.png")
+    >>> path = plot_heatmap(table, "num_byzantine", "alpha", path)
+    >>> open(path, "rb").read(4)
+    b'\\x89PNG'
+    >>> plot_heatmap(table, "num_byzantine", "lr", path)
+    Traceback (most recent call last):
+        ...
+    ValueError: 'lr' is not a setting field of the table; choose from num_byzantine, alpha
     """
     for field in (x_field, y_field):
         if field not in table.setting_fields:
@@ -711,6 +1107,43 @@ def plot_curves(
     One panel per setting. With ``table``, each setting shows only its chosen
     hyperparameters (and the table's setting and hyperparameter fields are
     used); without it, every hyperparameter combination is its own panel.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows as :func:`load_runs` returns them, with ``step`` and ``metric``.
+    path : str or os.PathLike
+        The PNG file to write (overwritten).
+    metric : str, default "test_accuracy"
+        The column to plot (the y axis is [0, 1] for an accuracy).
+    table : WorstCaseTable, optional
+        The table of :func:`worst_case_table` on ``rows``: plot only each
+        setting's chosen hyperparameters.
+    attack_field : str, default "attack"
+        The column holding the attack (``table.attack_field`` with a table).
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` is empty (``"no rows to plot"``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> rows = [{"attack": a, "seed": s, "step": step, "test_accuracy": 0.1 * step + 0.05 * s}
+    ...         for a in ("alie", "ipm") for s in (0, 1) for step in (1, 2, 3)]
+    >>> path = plot_curves(rows, os.path.join(tempfile.mkdtemp(), "curves.png"))
+    >>> open(path, "rb").read(4)
+    b'\\x89PNG'
+    >>> plot_curves([], path)
+    Traceback (most recent call last):
+        ...
+    ValueError: no rows to plot
     """
     if not rows:
         raise ValueError("no rows to plot")
@@ -790,7 +1223,31 @@ def plot_curves(
 
 def heatmap_fields(table: WorstCaseTable) -> tuple[str, str] | None:
     """Default heatmap axes: ``num_byzantine`` and ``alpha`` when they vary, else the
-    first two numeric setting fields with more than one value; ``None`` if fewer exist."""
+    first two numeric setting fields with more than one value; ``None`` if fewer exist.
+
+    Parameters
+    ----------
+    table : WorstCaseTable
+        The table of :func:`worst_case_table`.
+
+    Returns
+    -------
+    tuple of (str, str) or None
+        ``(x_field, y_field)`` for :func:`plot_heatmap`, or ``None``.
+
+    Examples
+    --------
+    >>> rows = [
+    ...     {"num_byzantine": f, "alpha": alpha, "attack": attack, "seed": 0, "step": 10,
+    ...      "test_accuracy": 1.0 - 0.2 * f - (0.1 if attack == "alie" else 0.0) - 0.1 * alpha}
+    ...     for f in (1, 2) for alpha in (0.5, 1.0) for attack in ("sign_flip", "alie")
+    ... ]
+    >>> table = worst_case_table(rows)
+    >>> heatmap_fields(table)
+    ('num_byzantine', 'alpha')
+    >>> heatmap_fields(worst_case_table([r for r in rows if r["alpha"] == 0.5])) is None
+    True
+    """
     numeric = [
         f for f in table.varying_settings() if all(_key(r.setting[f])[0] == 1 for r in table.rows)
     ]
@@ -815,7 +1272,61 @@ def make_report(
 ) -> list[str]:
     """Write ``worst_case.csv``, ``worst_case.md``, a heatmap (when two numeric setting
     fields vary, see :func:`heatmap_fields`) and ``curves.png`` into ``out`` (default:
-    the sweep directory). Returns the paths written, the Markdown table second."""
+    the sweep directory). Returns the paths written, the Markdown table second.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The sweep's output directory (``runs.csv``, ``sweep.yaml``), read
+        with :func:`load_runs` (complete runs only).
+    out : str or os.PathLike, optional
+        Where to write (created if needed); default ``directory``.
+    metric, select_on, hyperparameters, reduce
+        As in :func:`worst_case_table`.
+
+    Returns
+    -------
+    list of str
+        ``worst_case.csv``, ``worst_case.md``, then
+        ``heatmap_X_Y.png`` if :func:`heatmap_fields` finds two fields, then
+        ``curves.png``, each joined to ``out``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`load_runs` and :func:`worst_case_table` raise them.
+
+    Examples
+    --------
+    A sweep of one setting: two attacks, two learning rates, one seed,
+    evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
+    :func:`jaxrobust.sweep.run_sweep` writes them):
+
+    >>> import os, tempfile
+    >>> directory = tempfile.mkdtemp()
+    >>> with open(os.path.join(directory, "runs.csv"), "w") as fh:
+    ...     _ = fh.write(
+    ...         "run_id,attack,lr,seed,step,test_accuracy,validation_accuracy\\n"
+    ...         "a,sign_flip,0.1,0,10,0.5,0.8\\n"
+    ...         "a,sign_flip,0.1,0,20,0.7,0.8\\n"
+    ...         "b,alie,0.1,0,10,0.4,0.7\\n"
+    ...         "b,alie,0.1,0,20,0.6,0.7\\n"
+    ...         "c,sign_flip,0.5,0,10,0.9,0.95\\n"
+    ...         "c,sign_flip,0.5,0,20,0.9,0.95\\n"
+    ...         "d,alie,0.5,0,10,0.85,0.6\\n"
+    ...         "d,alie,0.5,0,20,0.85,0.6\\n"
+    ...     )
+    >>> with open(os.path.join(directory, "sweep.yaml"), "w") as fh:
+    ...     _ = fh.write("dataset: digits\\nsteps: 20\\ndefence: median\\n"
+    ...                  "grid: {attack: [sign_flip, alie], lr: [0.1, 0.5]}\\n")
+    >>> paths = make_report(directory, os.path.join(directory, "report"))
+    >>> [os.path.basename(p) for p in paths]
+    ['worst_case.csv', 'worst_case.md', 'curves.png']
+    >>> print(open(paths[0]).read())
+    sign_flip,alie,worst_case,worst_attack,lr,selected_on,selection_worst_case,num_seeds
+    0.7,0.6,0.6,alie,0.1,validation_accuracy,0.7,1
+    <BLANKLINE>
+    """
     rows, sweep_config = load_runs(directory)
     table = worst_case_table(
         rows, metric=metric, select_on=select_on, hyperparameters=hyperparameters, reduce=reduce
