@@ -1009,7 +1009,52 @@ def centered_gram(gram: Array, weights: Array) -> Array:
     """
     n = gram.shape[0]
     p = jnp.eye(n, dtype=gram.dtype) - weights[None, :]
-    return p @ gram @ p.T
+    highest = lax.Precision.HIGHEST
+    return jnp.matmul(jnp.matmul(p, gram, precision=highest), p.T, precision=highest)
+
+
+def caf_gram(updates: PyTree) -> Array:
+    """Gram matrix of the finite worker vectors centred on their mean; bad rows marked ``inf``.
+
+    ``G[i, j] = <x_i - m, x_j - m>`` with ``m`` the mean of the finite
+    vectors, each product at ``Precision.HIGHEST`` in at least float32. CAF
+    only uses ``G`` through centred Gram matrices, which do not depend on the
+    centre, so the result is the same in exact arithmetic as with ``m = 0``;
+    centring first keeps it exact to float rounding when the vectors share an
+    offset much larger than their spread. A bad vector (a NaN or infinite
+    entry) is left out of ``m`` and its row and column are ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n, n)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[4096.0], [4097.0], [jnp.nan]])
+    >>> caf_gram(x).tolist()
+    [[0.25, -0.25, inf], [-0.25, 0.25, inf], [inf, inf, inf]]
+    """
+    finite = jnp.isfinite(kernels.worker_squared_norms(updates))
+    weights = finite / jnp.maximum(jnp.sum(finite), 1)
+    centre = kernels.weighted_sum(weights, updates)
+    total = None
+    for leaf, mid in zip(
+        jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(centre), strict=True
+    ):
+        acc = kernels.accumulation_dtype(leaf.dtype)
+        rows = kernels.worker_rows(leaf).astype(acc) - jnp.reshape(mid, (1, -1)).astype(acc)
+        rows = jnp.where(finite[:, None], rows, 0.0)
+        part = jnp.dot(rows, rows.T, precision=lax.Precision.HIGHEST)
+        total = part if total is None else total + part
+    both = finite[:, None] & finite[None, :]
+    return jnp.where(both, total, jnp.inf)
 
 
 def caf_weights(gram: Array, f: int) -> Array:
@@ -1065,14 +1110,19 @@ def caf_weights(gram: Array, f: int) -> Array:
         evals, evecs = jnp.linalg.eigh(root[:, None] * gc * root[None, :] / jnp.sum(c))
         top_value, top_vector = evals[-1], evecs[:, -1]
         # Projection of x_i - mu on the top direction, squared.
-        proj = gc @ (root * top_vector)
+        proj = jnp.matmul(gc, root * top_vector, precision=lax.Precision.HIGHEST)
         tau = jnp.where(c > 0, proj * proj, 0.0)
         tau_max = jnp.max(tau)
         improved = active & (top_value < best_lambda)
         best_a = jnp.where(improved, a, best_a)
         best_lambda = jnp.where(improved, top_value, best_lambda)
-        shrink = jnp.where(tau_max > 0, 1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0), 1.0)
-        c = jnp.where(active & (tau_max > 0), c * jnp.maximum(shrink, 0.0), c)
+        # The algorithm removes every worker with tau_i = tau_max exactly:
+        # decided by the comparison, since under jit tau * (1 / tau_max)
+        # may leave a few ulps at the argmax and keep it active.
+        at_max = tau >= tau_max
+        shrink = 1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)
+        shrink = jnp.where(at_max, 0.0, jnp.clip(shrink, 0.0, 1.0))
+        c = jnp.where(active & (tau_max > 0), c * shrink, c)
         # A round that removes nothing (all tau = 0) ends the loop.
         rounds = jnp.where(tau_max > 0, rounds + 1, n)
         return rounds, c, best_a, best_lambda
@@ -1129,7 +1179,7 @@ def caf(updates: PyTree, f: int) -> PyTree:
     """
     n = kernels.num_workers(updates, "caf")
     check_caf(n, f)
-    return kernels.weighted_sum(caf_weights(kernels.gram_matrix(updates), f), updates)
+    return kernels.weighted_sum(caf_weights(caf_gram(updates), f), updates)
 
 
 def _flat_columns(updates: PyTree, columns: Array) -> Array:
