@@ -362,7 +362,10 @@ class Config(BaseModel):
             (a ``ValueError``) naming the fields and the bound: ``steps`` not a
             multiple of ``eval_every``, ``clients_per_round`` above the number
             of workers, ``local_steps > 1`` with an algorithm other than
-            ``dsgd``, or options a component does not take.
+            ``dsgd``, options a component does not take, or an ``(n, f)`` the
+            attack's defaults cannot take
+            (:func:`jaxrobust.attacks.check_config_bounds`). A rule's bound is
+            checked when the defence is built, before anything runs.
         """
         if self.steps % self.eval_every:
             raise ConfigError(
@@ -382,6 +385,7 @@ class Config(BaseModel):
             self._check_attack_options()
             registry("compressor").check_options(self.compressor, self.compressor_options)
             registry("algorithm").check_options(self.algorithm, self.algorithm_options)
+            importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self
