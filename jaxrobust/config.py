@@ -259,9 +259,13 @@ class Config(BaseModel):
         ("nnm", "trimmed_mean"),
         description="rules in the order applied, e.g. arc,nnm,trimmed_mean",
     )
-    clip_norm: float = Field(2.0, gt=0.0, description="clipping norm of the clip rule")
+    clip_norm: float | None = Field(
+        2.0, gt=0.0, description="clipping norm of the clip rule (none: the median norm)"
+    )
     bucket_size: int = Field(2, ge=1, description="bucket size of the bucketing rule")
-    cc_tau: float = Field(10.0, gt=0.0, description="radius of centered_clipping")
+    cc_tau: float | None = Field(
+        10.0, gt=0.0, description="radius of centered_clipping (none: the median distance)"
+    )
     defence_options: Annotated[dict[str, dict[str, Any]], _RuleOptions()] = Field(
         default_factory=dict, description="per rule, its options: {rule: {option: value}}"
     )

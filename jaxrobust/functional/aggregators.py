@@ -28,6 +28,41 @@ Array = jax.Array
 # Largest number of candidate subsets MDA enumerates by default.
 MDA_MAX_SUBSETS = 200_000
 
+# Scale-aware default smoothing of the geometric median: this fraction of the
+# spread median_i median_j ||x_i - x_j|| (see weiszfeld_weights).
+GM_NU_RELATIVE = 1e-3
+
+
+def finite_median(values: Array, finite: Array) -> Array:
+    """Median of ``values`` over the entries where ``finite`` is true; 0 when there is none.
+
+    The mean of the two middle entries for an even count, as ``numpy.median``.
+
+    Parameters
+    ----------
+    values : Array
+        Shape ``(n,)``.
+    finite : Array
+        Bool, shape ``(n,)``.
+
+    Returns
+    -------
+    Array
+        Scalar, the dtype of ``values``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> finite_median(jnp.array([3.0, jnp.inf, 1.0, 2.0]), jnp.array([True, False, True, True]))
+    Array(2., dtype=float32)
+    """
+    ordered = jnp.sort(jnp.where(finite, values, jnp.inf))
+    k = jnp.sum(finite)
+    lo = ordered[jnp.maximum((k - 1) // 2, 0)]
+    hi = ordered[jnp.minimum(k // 2, values.shape[0] - 1)]
+    middle = jnp.where(k % 2 == 1, lo, 0.5 * (lo + hi))
+    return jnp.where(k > 0, middle, jnp.zeros((), values.dtype))
+
 
 # --------------------------------------------------------------------------
 # Bounds
@@ -803,7 +838,7 @@ def monna(updates: PyTree, f: int, trusted: int = 0) -> PyTree:
 
 
 def weiszfeld_weights(
-    gram: Array, *, nu: float = 0.1, iterations: int = 8, start: Array | None = None
+    gram: Array, *, nu: float | None = None, iterations: int = 8, start: Array | None = None
 ) -> Array:
     """Coefficients ``a`` with ``GM = sum_i a_i x_i`` after smoothed Weiszfeld steps.
 
@@ -816,8 +851,17 @@ def weiszfeld_weights(
     ----------
     gram : Array
         ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``, float32 or wider.
-    nu : float
-        Smoothing: distances below ``nu`` count as ``nu`` (``nu > 0``).
+    nu : float or None
+        Smoothing: distances below ``nu`` count as ``nu`` (``nu > 0``), an
+        absolute length (Pillutla et al.; ByzFL uses ``0.1``). ``None``:
+        ``GM_NU_RELATIVE = 1e-3`` times ``median_i median_j ||x_i - x_j||``
+        over the finite vectors, so that the rule is scale-equivariant. With
+        an honest majority this spread is at most the honest diameter, however
+        far the other vectors are (the distances to the mean would be
+        dominated by them). The smoothing only keeps the weights finite near a
+        data point, and moves the result by a small fraction of the spread.
+        When the spread is 0 (a majority coincides) the smallest positive
+        distance is used instead, and 1 when all finite vectors coincide.
     iterations : int
         Number of Weiszfeld steps.
     start : Array or None
@@ -851,6 +895,8 @@ def weiszfeld_weights(
     if start is None:
         start = finite.astype(g.dtype)
     a = start / jnp.sum(start)
+    if nu is None:
+        nu = _relative_nu(g, diag, finite)
 
     def step(_, a):
         ga = g @ a
@@ -861,13 +907,28 @@ def weiszfeld_weights(
     return lax.fori_loop(0, iterations, step, a)
 
 
-def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -> PyTree:
+def _relative_nu(g: Array, diag: Array, finite: Array) -> Array:
+    """``GM_NU_RELATIVE`` times the robust spread of :func:`weiszfeld_weights`."""
+    both = finite[:, None] & finite[None, :]
+    dist = jnp.sqrt(jnp.maximum(diag[:, None] + diag[None, :] - 2.0 * g, 0.0))
+    dist = jnp.where(both, dist, jnp.inf)
+    rows = jax.vmap(finite_median)(dist, both)
+    typical = finite_median(rows, finite)
+    positive = both & (dist > 0)
+    smallest = jnp.min(jnp.where(positive, dist, jnp.inf))
+    typical = jnp.where(typical > 0, typical, jnp.where(jnp.any(positive), smallest, 0.0))
+    return jnp.where(typical > 0, GM_NU_RELATIVE * typical, jnp.ones((), g.dtype))
+
+
+def geometric_median(updates: PyTree, *, nu: float | None = None, iterations: int = 8) -> PyTree:
     """Geometric median by smoothed Weiszfeld (Pillutla et al., 2022).
 
     An approximation of ``argmin_z sum_i ||z - x_i||``: starting from the
     mean of the finite vectors, repeat ``iterations`` times
     ``z <- sum_i w_i x_i / sum_i w_i`` with ``w_i = 1 / max(nu, ||z - x_i||)``.
-    Defaults ``nu = 0.1``, ``iterations = 8``. All iterations run on the Gram
+    Defaults: ``nu`` relative to the spread of the vectors (see
+    :func:`weiszfeld_weights`; ``geometric_median(s * X) = s *
+    geometric_median(X)``), ``iterations = 8``. All iterations run on the Gram
     matrix; the data is read twice (Gram, then the final combination). Bad
     vectors get weight 0.
 
@@ -875,8 +936,10 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
     ----------
     updates : pytree
         Every leaf a floating array of shape ``(n, ...)``.
-    nu : float
-        Smoothing parameter, ``nu > 0``.
+    nu : float or None
+        Smoothing parameter, an absolute length ``nu > 0`` (ByzFL's
+        ``0.1``), or ``None`` for ``1e-3`` times the spread
+        ``median_i median_j ||x_i - x_j||`` (see :func:`weiszfeld_weights`).
     iterations : int
         Number of Weiszfeld steps, ``>= 0``.
 
@@ -905,7 +968,14 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
     >>> import numpy as np
     >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
     >>> np.round(np.asarray(geometric_median(x)), 2)
-    array([1.9], dtype=float32)
+    array([1.94], dtype=float32)
+
+    An absolute ``nu`` larger than the spread gives the plain mean:
+
+    >>> np.round(np.asarray(geometric_median(0.01 * x, nu=0.1)), 4)
+    array([0.0325], dtype=float32)
+    >>> np.round(np.asarray(geometric_median(0.01 * x)), 4)
+    array([0.0194], dtype=float32)
     """
     kernels.num_workers(updates, "geometric_median")
     a = weiszfeld_weights(kernels.gram_matrix(updates), nu=nu, iterations=iterations)
@@ -913,7 +983,7 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
 
 
 def centered_clipping(
-    updates: PyTree, center: PyTree, *, tau: float = 10.0, iterations: int = 3
+    updates: PyTree, center: PyTree, *, tau: float | None = None, iterations: int = 3
 ) -> PyTree:
     """Centered clipping (Karimireddy et al., 2021) from ``center``.
 
@@ -922,6 +992,14 @@ def centered_clipping(
     ``clip_tau(u) = u * min(1, tau / ||u||)``. A bad vector contributes
     nothing (its clipped difference is the zero vector).
 
+    The paper's radius is an absolute length (``tau = 10`` in its
+    experiments). The default ``tau = None`` is the median distance of the
+    finite vectors to ``center`` (computed once, before the first step): with
+    an honest majority it is at most the distance of an honest vector, so a
+    far vector moves ``v`` no more than a typical honest one, whatever the
+    scale of the vectors; ``centered_clipping(s X, s c) = s
+    centered_clipping(X, c)``.
+
     Parameters
     ----------
     updates : pytree
@@ -929,8 +1007,9 @@ def centered_clipping(
     center : pytree
         The starting point ``v``: ``updates``' structure, leaves of shape
         ``(...)`` (no worker axis); the output takes its dtypes.
-    tau : float
-        Clipping radius, ``tau > 0``.
+    tau : float or None
+        Clipping radius, an absolute length ``tau > 0``, or ``None`` for the
+        median distance of the finite vectors to ``center``.
     iterations : int
         Number of clipping steps.
 
@@ -962,6 +1041,9 @@ def centered_clipping(
     array([0.2, 0.6], dtype=float32)
     """
     n = kernels.num_workers(updates, "centered_clipping")
+    if tau is None:
+        start = jnp.sqrt(kernels.squared_distances_to(updates, center))
+        tau = finite_median(start, jnp.isfinite(start))
 
     def step(_, v):
         dist = jnp.sqrt(kernels.squared_distances_to(updates, v))
