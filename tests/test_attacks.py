@@ -209,3 +209,14 @@ def test_config_validation_refuses_impossible_settings_before_running():
     Config(**base, attack="alie", attack_options={"z": 1.0}).validate()
     Config(**base, attack="alie", attack_options={"alie": {"z": 1.0}, "ipm": {}}).validate()
     Config(**{**base, "num_byzantine": 2}, attack="alie").validate()  # s = 1
+
+
+def test_cli_refuses_alie_with_a_byzantine_majority_before_running():
+    from jaxrobust import cli
+    from jaxrobust.config import ConfigError
+
+    args = ["run", "--attack", "alie", "--num-honest", "2", "--num-byzantine", "3"]
+    with pytest.raises(ConfigError, match=r"alie needs .*got n=5, f=3, s=0"):
+        cli.resolve_config(cli.parser().parse_args(args))
+    config = cli.resolve_config(cli.parser().parse_args([*args, "--attack-options", "{z: 1.5}"]))
+    assert config.attack_options == {"z": 1.5}
