@@ -624,7 +624,7 @@ def label_flip() -> Attack:
 
 def _inner(x: PyTree, y: PyTree) -> Array:
     return sum(
-        jnp.vdot(u.astype(jnp.float32), v.astype(jnp.float32))
+        jnp.vdot(u.astype(jnp.float32), v.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
         for u, v in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y), strict=True)
     )
 
@@ -667,8 +667,8 @@ def _min_max_sum(kind: str, direction: str) -> Attack:
         honest = inp.honest
         mu = honest_mean(honest)
         p = _min_max_direction(honest, mu, direction)
-        gram = kernels.gram_matrix(honest)
-        dist = kernels.distances_from_gram(gram)
+        # exact to rounding under a common offset (honest updates share one)
+        dist = kernels.pairwise_squared_distances(honest)
         # ||mu + g p - x_i||^2 = ||p||^2 g^2 + 2 <mu - x_i, p> g + ||mu - x_i||^2
         diff = jax.tree_util.tree_map(lambda x, m: m[None] - x, honest, mu)
         lin = jax.vmap(_inner, in_axes=(0, None))(diff, p)

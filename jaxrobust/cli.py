@@ -105,21 +105,15 @@ def _flags_given(args: argparse.Namespace) -> bool:
 
 def command_run(args: argparse.Namespace) -> int:
     from jaxrobust import simulator
+    from jaxrobust.algorithms.base import check_setting
 
     config = resolve_config(args)
+    check_setting(config)  # a rule's bound or a bad option fails before anything is shown
     dataset = simulator.load_for(config)
     if args.show_partition:
-        from jaxrobust.data import class_counts, format_class_table, partition
+        from jaxrobust.data import class_counts, format_class_table
 
-        parts = partition(
-            dataset.y_train,
-            config.num_honest,
-            config.heterogeneity,
-            alpha=config.alpha,
-            gamma=config.gamma,
-            shards_per_worker=config.shards_per_worker,
-            seed=config.seed,
-        )
+        parts = simulator.partition_of(config, dataset.y_train, config.seed)
         print(f"honest workers x classes ({config.heterogeneity}, seed {config.seed}):")
         print(format_class_table(class_counts(dataset.y_train, parts, dataset.num_classes)))
     writer = None

@@ -77,7 +77,12 @@ COMPONENTS = {
     "attack": "attack_options",
     "compressor": "compressor_options",
     "algorithm": "algorithm_options",
+    "heterogeneity": "heterogeneity_options",
 }
+
+#: Fields written by :meth:`Config.to_dict` only when not empty (added after the
+#: first release; sweeps' run ids hash the written fields).
+OMITTED_WHEN_EMPTY = ("plugins", "defence_options", "heterogeneity_options")
 
 
 class ConfigError(ValueError):
@@ -215,6 +220,10 @@ class Config(BaseModel):
         0.5, ge=0.0, le=1.0, **_vmapped("fraction split iid (gamma_similarity scheme)")
     )
     shards_per_worker: int = Field(2, ge=1, **_vmapped("label shards per worker (shards scheme)"))
+    heterogeneity_options: dict[str, Any] = Field(
+        default_factory=dict,
+        **_vmapped("further options of the heterogeneity scheme (e.g. a registered user scheme)"),
+    )
     # model
     model: Annotated[str, Registered("model")] = Field("mlp", description="the model to train")
     l2: float = Field(0.0, ge=0.0, description="l2 penalty added to the loss")
@@ -372,9 +381,13 @@ class Config(BaseModel):
             checked when the defence is built, before anything runs.
         """
         if self.steps % self.eval_every:
+            fit = max(
+                d for d in range(1, min(self.eval_every, self.steps) + 1) if not self.steps % d
+            )
             raise ConfigError(
                 f"steps needs to be a multiple of eval_every, got steps={self.steps}, "
-                f"eval_every={self.eval_every}"
+                f"eval_every={self.eval_every} (set eval_every too, e.g. eval_every={fit}: "
+                f"--eval-every {fit})"
             )
         if self.clients_per_round is not None and self.clients_per_round > self.num_workers:
             raise ConfigError(
@@ -389,6 +402,7 @@ class Config(BaseModel):
             self._check_attack_options()
             registry("compressor").check_options(self.compressor, self.compressor_options)
             registry("algorithm").check_options(self.algorithm, self.algorithm_options)
+            registry("heterogeneity").check_options(self.heterogeneity, self.heterogeneity_options)
             importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None
@@ -437,15 +451,18 @@ class Config(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain YAML-ready values (tuples as lists), in declaration order.
 
-        ``plugins`` is left out when empty, so that configurations without
-        plugins write (and hash, for a sweep's run ids) as before the field existed.
+        The fields added since the first release (:data:`OMITTED_WHEN_EMPTY`:
+        ``plugins``, ``defence_options``, ``heterogeneity_options``) are left out
+        when empty, so that configurations without them write (and hash, for a
+        sweep's run ids) as before the fields existed.
         """
         out = self.model_dump()
         out["defence"] = list(self.defence)
-        if self.plugins:
-            out["plugins"] = list(self.plugins)
-        else:
-            del out["plugins"]
+        for name in OMITTED_WHEN_EMPTY:
+            if out[name]:
+                out[name] = list(out[name]) if name == "plugins" else out[name]
+            else:
+                del out[name]
         return out
 
     def to_yaml(self) -> str:
@@ -555,9 +572,11 @@ def load_plugins(plugins: Iterable[str]) -> list[types.ModuleType]:
     """Import the modules ``plugins`` (dotted names, or paths to ``.py`` files), once each.
 
     A plugin registers its components with :func:`jaxrobust.register` when
-    imported. A file is imported under its own name when that name would
-    import the same file (so that ``import plugin`` elsewhere does not
-    register everything twice), else under a private name.
+    imported. Dotted names are looked up on the Python path and, last, in the
+    working directory (as ``python -m`` would). A file is imported under its
+    own name when that name would import the same file (so that ``import
+    plugin`` elsewhere does not register everything twice), else under a
+    private name.
 
     Raises
     ------
@@ -574,6 +593,10 @@ def load_plugins(plugins: Iterable[str]) -> list[types.ModuleType]:
 
 
 def _import_module(name: str) -> types.ModuleType:
+    # As ``python -m`` does, the working directory is on the path: ``--plugin my_plugins``
+    # finds ./my_plugins.py from the installed ``jaxrobust`` command too.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:

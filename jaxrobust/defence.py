@@ -20,7 +20,26 @@ __all__ = ["build_defence", "make_defence", "output_count", "rule_options"]
 
 
 def output_count(tx: optax.GradientTransformation, n: int) -> int:
-    """How many vectors a pre-aggregator hands on for ``n`` inputs (traced abstractly)."""
+    """How many vectors a pre-aggregator hands on for ``n`` inputs (traced abstractly).
+
+    Parameters
+    ----------
+    tx : optax.GradientTransformation
+        A pre-aggregator (or any transformation keeping a leading worker axis).
+    n : int
+        Number of input vectors.
+
+    Returns
+    -------
+    int
+        The leading size of its output.
+
+    Examples
+    --------
+    >>> from jaxrobust.core import registry
+    >>> output_count(registry("preaggregator").build("bucketing", 1, n=6, bucket_size=2), 6)
+    3
+    """
     params = jnp.zeros((1,), jnp.float32)
 
     def run(updates):
@@ -52,7 +71,15 @@ def build_defence(
     ------
     ValueError
         Unknown or misplaced names (the message lists the valid ones), unknown
-        options, or a rule whose bound fails for ``(n, f)`` (the message names it).
+        options, or a rule whose bound fails for ``(n, f)`` (the message names it;
+        the bound applies to the number of vectors the rule receives, which
+        bucketing reduces).
+
+    Returns
+    -------
+    optax.GradientTransformation
+        ``optax.chain`` of the rules: updates with leading axis ``n`` in, one
+        vector out.
 
     Examples
     --------
@@ -81,7 +108,8 @@ def rule_options(config) -> dict[str, dict[str, Any]]:
 
     The flat fields ``clip_norm``, ``bucket_size``, ``cc_tau`` and ``seed``
     (the key of the randomised rules) come first; ``defence_options`` (a
-    mapping from rule names to options) overrides them.
+    mapping from rule names to options) overrides them. Only the rules in
+    ``config.defence`` are kept.
 
     A configuration keeps the papers' absolute lengths as its defaults
     (``clip_norm = 2``, ``cc_tau = 10``, ``geometric_median``'s ``nu = 0.1``
@@ -90,6 +118,12 @@ def rule_options(config) -> dict[str, dict[str, Any]]:
     ``defence_options: {geometric_median: {nu: null}}`` select the rules'
     scale-aware defaults, which the Python API uses when the option is
     left out.
+
+    Examples
+    --------
+    >>> from jaxrobust.config import Config
+    >>> rule_options(Config(defence=("bucketing", "trimmed_mean"), bucket_size=3))
+    {'bucketing': {'bucket_size': 3, 'key': 0}}
     """
     options = {
         "clip": {"max_norm": config.clip_norm},
@@ -111,6 +145,32 @@ def make_defence(config, n: int | None = None, *, f: int | None = None):
     at most ``f`` Byzantine (default: ``config.defence_f``). A rule that
     cannot take ``(n, f)`` raises a ``ValueError`` naming its bound (e.g.
     ``n > 2f``).
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``defence`` and the rules' options (:func:`rule_options`).
+    n : int, optional
+        Number of received vectors.
+    f : int, optional
+        The ``f`` every rule is told.
+
+    Returns
+    -------
+    optax.GradientTransformation
+
+    Raises
+    ------
+    ValueError
+        As :func:`build_defence`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from jaxrobust.config import Config
+    >>> tx = make_defence(Config(defence=("median",)), n=3, f=1)
+    >>> tx.update(jnp.array([[1.0], [5.0], [2.0]]), tx.init(jnp.zeros(1)))[0].tolist()
+    [2.0]
     """
     f = config.defence_f if f is None else f
     n = config.received_count if n is None else n

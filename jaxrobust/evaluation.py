@@ -13,7 +13,32 @@ __all__ = ["epochs_at", "evaluator", "full_loss"]
 
 
 def full_loss(loss_fn: Callable, params: PyTree, x: jax.Array, y: jax.Array, chunk: int = 4096):
-    """``loss_fn`` on the whole of ``(x, y)``, in chunks (example-weighted mean)."""
+    """``loss_fn`` on the whole of ``(x, y)``, in chunks (example-weighted mean).
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(params, (x, y)) -> scalar``, a mean over the batch.
+    params : pytree
+        The parameters.
+    x, y : arrays
+        Inputs ``(m, ...)`` and labels ``(m,)``.
+    chunk : int
+        Examples per call of ``loss_fn``.
+
+    Returns
+    -------
+    scalar
+        The mean loss over the ``m`` examples (exact for any ``chunk``, as
+        every chunk is weighted by its size).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> loss = lambda w, b: jnp.mean(b[0] * w)
+    >>> float(full_loss(loss, 1.0, jnp.arange(5.0), jnp.zeros(5), chunk=2))
+    2.0
+    """
     size = x.shape[0]
     total = 0.0
     for start in range(0, size, chunk):
@@ -43,6 +68,38 @@ def evaluator(problem: Problem, dataset) -> Callable[[PyTree], dict]:
     The test split always; the validation split (``validation_accuracy``,
     ``validation_loss``) when the data set holds one. Accuracy is NaN when the
     problem has no ``accuracy``. Pure and jittable.
+
+    Parameters
+    ----------
+    problem : Problem
+        Its ``loss`` (and ``accuracy``) are evaluated in chunks of at most
+        1,000 examples, weighted by size.
+    dataset : Dataset
+        Its splits are put on the device once.
+
+    Returns
+    -------
+    callable
+        ``evaluate(params) -> dict`` of scalars: ``test_accuracy``,
+        ``test_loss`` and, with a validation split, ``validation_accuracy``
+        and ``validation_loss``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from types import SimpleNamespace
+    >>> from jaxrobust.core.types import Problem
+    >>> problem = Problem(
+    ...     init=None,
+    ...     loss=lambda w, b: jnp.mean((b[0][:, 0] * w - b[1]) ** 2),
+    ...     accuracy=lambda w, b: jnp.mean(jnp.sign(b[0][:, 0] * w) == jnp.sign(b[1])),
+    ... )
+    >>> data = SimpleNamespace(
+    ...     x_test=jnp.array([[1.0], [2.0]]), y_test=jnp.array([1.0, -2.0]), x_validation=None
+    ... )
+    >>> out = evaluator(problem, data)(1.0)
+    >>> sorted(out), float(out["test_loss"]), float(out["test_accuracy"])
+    (['test_accuracy', 'test_loss'], 8.0, 0.5)
     """
     splits = {"test": (jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test))}
     if dataset.x_validation is not None:
@@ -61,6 +118,30 @@ def evaluator(problem: Problem, dataset) -> Callable[[PyTree], dict]:
 
 
 def epochs_at(rounds, batch_size: int, sizes) -> jax.Array:
-    """Honest gradient computations after ``rounds`` rounds over the honest workers' examples."""
+    """Honest gradient computations after ``rounds`` rounds over the honest workers' examples.
+
+    ``rounds * batch_size * h / sum(sizes)``: the average number of passes of
+    an honest worker over its data.
+
+    Parameters
+    ----------
+    rounds : int or int array
+        Rounds done.
+    batch_size : int
+        Examples per worker and round.
+    sizes : int array ``(..., h)``
+        The honest workers' numbers of examples (leading run axes allowed).
+
+    Returns
+    -------
+    float32 array
+        Epochs, shape ``sizes.shape[:-1]``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(epochs_at(2, 25, jnp.array([100, 100])))
+    0.5
+    """
     h = sizes.shape[-1]
     return rounds * (batch_size * h) / jnp.sum(sizes, axis=-1).astype(jnp.float32)

@@ -98,6 +98,19 @@ class LogisticRegression(nn.Module):
       with ``y = 2 * label - 1``. Use this to match the papers' ``f(x) - f*`` plots.
 
     LIBSVM labels in ``{-1, +1}`` must be mapped to ``{0, 1}`` first.
+
+    Parameters
+    ----------
+    num_classes : int
+        ``K``, the number of logits (1 for the sigmoid binary model).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = LogisticRegression(num_classes=2)
+    >>> params = init_params(model, jax.random.key(0), (123,))
+    >>> count_params(params), model.apply(params, jnp.zeros((4, 123))).shape
+    (248, (4, 2))
     """
 
     num_classes: int
@@ -108,11 +121,26 @@ class LogisticRegression(nn.Module):
 
 
 class MLP(nn.Module):
-    """Multi-layer perceptron: ``Dense(h) -> ReLU`` for each ``h`` in ``hidden``, then
-    ``Dense(num_classes)``, on the flattened input.
+    """Multi-layer perceptron on the flattened input: ``Dense(h) -> ReLU`` per hidden width.
+
+    ``Dense(h) -> ReLU`` for each ``h`` in ``hidden``, then ``Dense(num_classes)``.
 
     With the default ``hidden=(128, 128)`` on 28x28x1 (784 features) and 10 classes:
     ``784*128+128 + 128*128+128 + 128*10+10 = 118,282`` parameters.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of logits.
+    hidden : sequence of int
+        Widths of the hidden layers.
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = MLP(num_classes=10)
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> count_params(shapes)
+    118282
     """
 
     num_classes: int
@@ -139,6 +167,20 @@ class ArcCNN(nn.Module):
     On 28x28x1 the feature maps are 24x24x20, 12x12x20, 8x8x50, 4x4x50 (800 features),
     and with 10 classes it has exactly **431,080** parameters:
     ``520 + 25,050 + 400,500 + 5,010``.
+
+    Inputs must be NHWC images ``(B, H, W, C)`` (``ValueError`` otherwise).
+
+    References
+    ----------
+    Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Boosting robustness by
+    clipping gradients in distributed learning", AISTATS 2025 (arXiv 2024).
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = ArcCNN()
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> count_params(shapes)
+    431080
     """
 
     num_classes: int = 10
@@ -161,6 +203,14 @@ class CifarCNN(nn.Module):
 
     On 32x32x3 the maps are 16x16x32, 8x8x64, 4x4x64 (1,024 features); with 10 classes
     it has **321,290** parameters: ``896 + 18,496 + 36,928 + 262,400 + 2,570``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = CifarCNN()
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> count_params(shapes)
+    321290
     """
 
     num_classes: int = 10
@@ -201,6 +251,38 @@ class BasicBlock(nn.Module):
     ``shortcut="A"`` subsamples spatially and zero-pads the channels (no parameters;
     He et al. 2016, CIFAR option A) and ``shortcut="projection"`` is
     ``conv1x1(s) -> GN`` (option B).
+
+    Parameters
+    ----------
+    features : int
+        Output channels.
+    strides : int
+        Stride of the first convolution (and of the shortcut).
+    num_groups : int
+        GroupNorm groups (must divide ``features``).
+    shortcut : str
+        ``"A"`` or ``"projection"``; used only where the shape changes.
+
+    Raises
+    ------
+    ValueError
+        (when applied) ``shortcut`` neither ``"A"`` nor ``"projection"`` where
+        the shape changes, or an option-A shortcut that would reduce the
+        channels.
+
+    References
+    ----------
+    He, Zhang, Ren, Sun, "Deep residual learning for image recognition",
+    CVPR 2016. Wu, He, "Group normalization", ECCV 2018.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> block = BasicBlock(8, strides=2, shortcut="A")
+    >>> x = jnp.zeros((2, 8, 8, 4))
+    >>> params = jax.eval_shape(block.init, jax.random.key(0), x)  # shapes only
+    >>> jax.eval_shape(block.apply, params, x).shape, count_params(params)  # 288 + 576 + 2 * 16
+    ((2, 4, 4, 8), 896)
     """
 
     features: int
@@ -239,6 +321,21 @@ class ResNet(nn.Module):
     GroupNorm normalises each example on its own, so the output for an example does
     not depend on the rest of the batch and ``apply`` is pure and vmappable over
     workers. The defaults are ResNet-20 (see :class:`ResNet20`).
+
+    Raises
+    ------
+    ValueError
+        (when applied) Inputs that are not NHWC images, or ``stage_sizes`` and
+        ``widths`` of different lengths.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = ResNet(num_classes=3, stage_sizes=(1, 1), widths=(4, 8))
+    >>> x = jnp.zeros((2, 8, 8, 1))
+    >>> params = jax.eval_shape(model.init, jax.random.key(0), x)  # shapes only
+    >>> jax.eval_shape(model.apply, params, x).shape
+    (2, 3)
     """
 
     num_classes: int = 10
@@ -276,6 +373,19 @@ class ResNet20(ResNet):
     GroupNorm has the same affine parameters as BatchNorm, so on 32x32x3 with 10
     classes it has **269,722** parameters (the paper's 0.27M); ``shortcut="projection"``
     adds two 1x1 convs (512 + 2,048) and their GroupNorms (64 + 128): **272,474**.
+
+    References
+    ----------
+    He, Zhang, Ren, Sun, "Deep residual learning for image recognition",
+    CVPR 2016.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = ResNet20()
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> count_params(shapes)
+    269722
     """
 
 
@@ -286,6 +396,19 @@ class ResNet18(ResNet):
     1x1-projection shortcuts (``conv1x1 -> GN``) where the shape changes, global
     average pooling, dense; ``num_groups=2`` in every GroupNorm. On 32x32x3 with 10
     classes: **11,173,962** parameters (the same as with BatchNorm).
+
+    References
+    ----------
+    He, Zhang, Ren, Sun, "Deep residual learning for image recognition",
+    CVPR 2016.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> model = ResNet18()
+    >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> count_params(shapes)
+    11173962
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -322,7 +445,21 @@ def make_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     Raises
     ------
     ValueError
-        For an unknown name; the message lists the valid names.
+        For an unknown name (the message lists the valid names) or an unknown
+        constructor option (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> make_model("mlp", 10, hidden=(32,))
+    MLP(
+        # attributes
+        num_classes = 10
+        hidden = (32,)
+    )
+    >>> make_model("lenet", 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model 'lenet'; choose one of: logistic_regression, mlp, ...
     """
     return MODELS.build(name, num_classes=num_classes, **kwargs)
 
@@ -333,6 +470,19 @@ def resolve_model(model_or_name: str | nn.Module, num_classes: int, **kwargs: An
 
     A user module must map a batch ``x`` to logits ``(B, num_classes)`` through
     ``module.apply(params, x)`` without mutable collections.
+
+    Raises
+    ------
+    TypeError
+        Neither a string nor an ``nn.Module``.
+    ValueError
+        As :func:`make_model`.
+
+    Examples
+    --------
+    >>> model = MLP(num_classes=2)
+    >>> resolve_model(model, 10) is model, type(resolve_model("arc_cnn", 10)).__name__
+    (True, 'ArcCNN')
     """
     if isinstance(model_or_name, nn.Module):
         return model_or_name
@@ -359,7 +509,21 @@ def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) ->
 
     Returns
     -------
-    The flax variables dict ``{"params": ...}``, to pass as ``model.apply(params, x)``.
+    dict
+        The flax variables dict ``{"params": ...}``, to pass as
+        ``model.apply(params, x)``.
+
+    Raises
+    ------
+    ValueError
+        The model has mutable collections (e.g. BatchNorm statistics).
+
+    Examples
+    --------
+    >>> import jax
+    >>> params = init_params(LogisticRegression(3), jax.random.key(0), (4,))
+    >>> jax.tree_util.tree_map(lambda p: p.shape, params)
+    {'params': {'dense': {'bias': (3,), 'kernel': (4, 3)}}}
     """
     x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
     variables = jax.jit(model.init)(key, x)  # one compilation instead of one per op
@@ -378,6 +542,12 @@ def count_params(params: Params) -> int:
     Works on arrays and on abstract shapes, e.g. without allocating anything::
 
         count_params(jax.eval_shape(model.init, key, jnp.zeros((1, 32, 32, 3))))
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> count_params({"w": np.zeros((3, 4)), "b": np.zeros(4)})
+    16
     """
     return sum(math.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params))
 
@@ -412,6 +582,17 @@ def cross_entropy_loss(model: nn.Module, l2: float = 0.0) -> Callable[[Params, B
     -------
     ``loss(params, batch) -> scalar`` with ``batch = (x, y)``; pure, so
     ``jax.vmap(jax.grad(loss), in_axes=(None, 0))`` gives per-worker gradients.
+
+    Examples
+    --------
+    With zero parameters every class has logit 0: the loss is ``log K``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = LogisticRegression(4)
+    >>> params = jax.tree_util.tree_map(jnp.zeros_like, init_params(model, jax.random.key(0), (2,)))
+    >>> loss = cross_entropy_loss(model, l2=0.1)
+    >>> round(float(loss(params, (jnp.ones((3, 2)), jnp.array([0, 1, 3])))), 6)
+    1.386294
     """
     l2 = float(l2)
 
@@ -430,6 +611,15 @@ def accuracy(model: nn.Module) -> Callable[[Params, Batch], jax.Array]:
 
     The prediction is ``argmax`` of the logits, or ``logit > 0`` for a single-logit
     binary model.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> model = LogisticRegression(1)
+    >>> params = {"params": {"dense": {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros(1)}}}
+    >>> x, y = jnp.array([[1.0], [-1.0], [2.0]]), jnp.array([1, 0, 0])
+    >>> round(float(accuracy(model)(params, (x, y))), 6)  # the third is wrong
+    0.666667
     """
 
     def acc(params: Params, batch: Batch) -> jax.Array:
@@ -450,6 +640,28 @@ def problem_for(config, dataset, model: str | nn.Module | None = None) -> Proble
     ``model`` (a registered name or a module), else ``config.model``, with
     ``dataset.num_classes`` logits, initialised on ``dataset.input_shape`` and
     trained with the cross-entropy plus ``config.l2``.
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``model`` and ``l2``.
+    dataset : Dataset
+        Gives ``num_classes`` and ``input_shape``.
+    model : str or nn.Module, optional
+        Replaces ``config.model``.
+
+    Returns
+    -------
+    Problem
+
+    Examples
+    --------
+    >>> import jax
+    >>> from jaxrobust.config import Config
+    >>> from jaxrobust.data import load_dataset
+    >>> problem = problem_for(Config(model="logistic_regression"), load_dataset("digits"))
+    >>> count_params(problem.init(jax.random.key(0)))
+    650
     """
     module = resolve_model(config.model if model is None else model, dataset.num_classes)
     return Problem(

@@ -1,8 +1,10 @@
 """Reports on a finished sweep: worst-case maximal accuracy, heatmaps and curves.
 
-The metric of the ARC paper and of ByzFL's benchmark (ALGORITHMS.md, section
-7): for every attack, the best accuracy over the run, averaged over seeds;
-the **worst case** is the minimum of these over the attacks.
+The metric of the ARC paper (Allouah, Guerraoui, Gupta, Jellouli, Rizk,
+Stephan, "Boosting robustness by clipping gradients in distributed
+learning", AISTATS 2025; arXiv 2024) and of ByzFL's benchmark: for every
+attack, the best accuracy over the run, averaged over seeds; the **worst
+case** is the minimum of these over the attacks.
 
 Hyperparameters are chosen the way ByzFL chooses them: for every setting
 (every grid field but the attack, the hyperparameters and the seed; the

@@ -32,30 +32,81 @@ SCHEDULES = registry("lr_schedule")
 
 @SCHEDULES.register("constant")
 def constant(steps: int) -> optax.Schedule:
-    """A constant rate."""
+    """A constant rate.
+
+    Examples
+    --------
+    >>> float(constant(100)(99))
+    1.0
+    """
     del steps
     return optax.constant_schedule(1.0)
 
 
 @SCHEDULES.register("cosine")
 def cosine(steps: int) -> optax.Schedule:
-    """Cosine decay from the base rate to zero over the run."""
+    """Cosine decay from the base rate to zero over the run.
+
+    Examples
+    --------
+    >>> [round(float(cosine(100)(t)), 6) for t in (0, 50, 100)]
+    [1.0, 0.5, 0.0]
+    """
     return optax.cosine_decay_schedule(1.0, steps)
 
 
 @SCHEDULES.register("step")
 def step(steps: int) -> optax.Schedule:
-    """x0.1 at half and again at three quarters of the run."""
+    """x0.1 at half and again at three quarters of the run.
+
+    Examples
+    --------
+    >>> [round(float(step(100)(t)), 6) for t in (49, 50, 75)]
+    [1.0, 0.1, 0.01]
+    """
     return optax.piecewise_constant_schedule(1.0, {int(steps * 0.5): 0.1, int(steps * 0.75): 0.1})
 
 
 def lr_factor(config) -> optax.Schedule:
-    """The learning-rate schedule of ``config`` as a factor of the base rate: 1 at step 0."""
+    """The learning-rate schedule of ``config`` as a factor of the base rate: 1 at step 0.
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``lr_schedule`` (a registered name) and ``steps``.
+
+    Returns
+    -------
+    optax.Schedule
+        ``schedule(count) -> factor``.
+
+    Raises
+    ------
+    ValueError
+        An unknown schedule name (the message lists the registered ones).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> schedule = lr_factor(SimpleNamespace(lr_schedule="cosine", steps=10))
+    >>> round(float(schedule(5)), 6)
+    0.5
+    """
     return SCHEDULES.build(config.lr_schedule, config.steps)
 
 
 class Hyper(NamedTuple):
-    """Per-run numbers that may differ between runs of one vmapped program."""
+    """Per-run numbers that may differ between runs of one vmapped program.
+
+    Attributes
+    ----------
+    lr : float32 array
+        The base learning rate (times the schedule's factor at each step).
+    momentum : float32 array
+        The worker momentum ``beta``.
+    weight_decay : float32 array
+        The server's weight decay.
+    """
 
     lr: jax.Array
     momentum: jax.Array
@@ -63,7 +114,15 @@ class Hyper(NamedTuple):
 
 
 def hyper_of(config) -> Hyper:
-    """The :class:`Hyper` of a configuration, as float32 scalars."""
+    """The :class:`Hyper` of a configuration, as float32 scalars.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> h = hyper_of(SimpleNamespace(lr=0.5, momentum=0.9, weight_decay=0.0))
+    >>> float(h.lr), h.momentum.dtype
+    (0.5, dtype('float32'))
+    """
     return Hyper(
         jnp.float32(config.lr), jnp.float32(config.momentum), jnp.float32(config.weight_decay)
     )
@@ -79,7 +138,36 @@ def make_server_optimiser(config) -> optax.GradientTransformation:
     ``optax.inject_hyperparams`` keeps the learning rate and the weight decay
     as arrays in the optimiser state, so runs of one vmapped program (a sweep)
     can each have their own; :func:`server_update` sets the learning rate
-    before every update.
+    before every update. The update is
+    ``params <- params - lr * (aggregate + weight_decay * params)``.
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``lr``, ``weight_decay``, ``lr_schedule`` and ``steps``.
+
+    Returns
+    -------
+    optax.GradientTransformation
+
+    Raises
+    ------
+    ValueError
+        An unknown ``lr_schedule``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(
+    ...     lr=0.5, momentum=0.0, weight_decay=0.1, lr_schedule="constant", steps=10
+    ... )
+    >>> server = make_server_optimiser(config)
+    >>> params = jnp.array([2.0])
+    >>> state = server_init(server, params, hyper_of(config))
+    >>> new, _ = server_update(server, state, jnp.array([1.0]), params, jnp.float32(0.5))
+    >>> new.tolist()  # 2 - 0.5 * (1 + 0.1 * 2)
+    [1.399999976158142]
     """
     lr_factor(config)  # validates the schedule's name
     return optax.inject_hyperparams(_sgd_with_weight_decay)(
@@ -88,13 +176,48 @@ def make_server_optimiser(config) -> optax.GradientTransformation:
 
 
 def server_init(server: optax.GradientTransformation, params: Any, hyper: Hyper):
-    """The server optimiser's state with the run's own weight decay."""
+    """The server optimiser's state with the run's own weight decay.
+
+    Parameters
+    ----------
+    server : optax.GradientTransformation
+        From :func:`make_server_optimiser`.
+    params : pytree
+        The initial parameters.
+    hyper : Hyper
+        Its ``weight_decay`` replaces the configuration's.
+
+    Returns
+    -------
+    optax.OptState
+        An ``InjectHyperparamsState``; see :func:`make_server_optimiser` for
+        an example.
+    """
     state = server.init(params)
     return state._replace(hyperparams={**state.hyperparams, "weight_decay": hyper.weight_decay})
 
 
 def server_update(server: optax.GradientTransformation, state, aggregate, params, lr):
-    """One server step: ``(new_params, new_state)`` from the aggregate at learning rate ``lr``."""
+    """One server step: ``(new_params, new_state)`` from the aggregate at learning rate ``lr``.
+
+    Parameters
+    ----------
+    server : optax.GradientTransformation
+        From :func:`make_server_optimiser`.
+    state : optax.OptState
+        Its state (:func:`server_init`).
+    aggregate : pytree
+        The defence's output, shaped like ``params``.
+    params : pytree
+        The current parameters.
+    lr : float32 scalar
+        This step's learning rate (base rate times the schedule's factor).
+
+    Returns
+    -------
+    (pytree, optax.OptState)
+        See :func:`make_server_optimiser` for an example.
+    """
     state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
     updates, state = server.update(aggregate, state, params)
     return optax.apply_updates(params, updates), state

@@ -7,8 +7,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-jax.config.update("jax_default_matmul_precision", "highest")
-
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run the slow end-to-end tests")

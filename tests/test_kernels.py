@@ -115,3 +115,58 @@ def test_sample_without_replacement_is_uniform_and_fast_under_vmap():
     assert stats.chisquare(counts).pvalue > 1e-4
     with pytest.raises(ValueError, match="cannot draw 5 distinct indices from 4"):
         kernels.sample_without_replacement(jax.random.key(0), 4, 5)
+
+
+def _offset_rows(rng, n, d, offset_over_spread, spread=1e-3):
+    """float32 rows with a shared N(0, 1)-scaled offset far larger than their spread."""
+    offset = offset_over_spread * spread * (1.0 + rng.random(d))
+    return (offset + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("offset_over_spread", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("d", [1000, 4 * kernels._BLOCK + 123])  # plain and blocked CPU paths
+def test_distances_are_exact_under_a_common_offset(offset_over_spread, d):
+    rng = np.random.default_rng(d)
+    x = _offset_rows(rng, 9, d, offset_over_spread)
+    x64 = x.astype(np.float64)  # the float32 values, exactly
+    expected = ((x64[:, None] - x64[None]) ** 2).sum(-1)
+    got = np.asarray(kernels.pairwise_squared_distances(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.max())
+    centre = np.asarray(kernels.coordinate_reference(x), np.float64)
+    expected_gram = (x64 - centre) @ (x64 - centre).T
+    gram = np.asarray(kernels.centred_gram_matrix(x))
+    np.testing.assert_allclose(gram, expected_gram, rtol=1e-5, atol=1e-5 * expected.max())
+    rows = [np.asarray(kernels.squared_distances_to(x, x[i])) for i in range(3)]
+    np.testing.assert_allclose(rows, expected[:3], rtol=1e-5, atol=1e-5 * expected.max())
+
+
+def test_distances_of_the_four_scalars():
+    x = jnp.array([[4096.0], [4096.5], [4097.0], [4100.0]], jnp.float32)
+    np.testing.assert_array_equal(kernels.pairwise_squared_distances(x)[0], [0.0, 0.25, 1.0, 16.0])
+    # min_max / min_sum read their bounds from the same distances
+    tree = {"a": jnp.tile(x, (1, 3)), "b": x}
+    np.testing.assert_array_equal(kernels.pairwise_squared_distances(tree)[0], [0, 1, 4, 64])
+
+
+def test_bad_and_huge_rows_do_not_move_the_centre():
+    rng = np.random.default_rng(1)
+    x = _offset_rows(rng, 9, 500, 1e4)
+    x[1, 7] = np.nan
+    x[4] = np.inf
+    x[6] = 1e30  # finite, but its squared distance to anything overflows
+    honest = [0, 2, 3, 5, 7, 8]
+    centre = np.asarray(kernels.coordinate_reference(x))
+    assert np.isfinite(centre).all()
+    lo, hi = x[honest].min(0), x[honest].max(0)
+    assert ((centre >= lo) & (centre <= hi)).all()
+    h64 = x[honest].astype(np.float64)
+    expected = ((h64[:, None] - h64[None]) ** 2).sum(-1)
+    got = np.asarray(kernels.pairwise_squared_distances(x))
+    np.testing.assert_allclose(got[np.ix_(honest, honest)], expected, rtol=1e-5, atol=1e-9)
+    for bad in (1, 4, 6):
+        assert np.isinf(got[bad]).all() and np.isinf(got[:, bad]).all()
+
+
+def test_coordinate_reference_with_more_than_half_bad_is_zero_there():
+    x = np.array([[np.nan, 1.0], [np.inf, 2.0], [5.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(kernels.coordinate_reference(x), [0.0, 2.0])

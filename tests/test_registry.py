@@ -102,9 +102,12 @@ def test_user_rule_and_options_reach_the_defence():
         defence=("nnm", "test_scaled_mean"),
         defence_options={"test_scaled_mean": {"scale": 2.0}},
     )
-    tx = make_defence(config)
-    x = jnp.array([[1.0], [2.0], [3.0]])
-    assert float(tx.update(x, tx.init(jnp.zeros(1)))[0][0]) == pytest.approx(4.0)
+    try:
+        tx = make_defence(config)
+        x = jnp.array([[1.0], [2.0], [3.0]])
+        assert float(tx.update(x, tx.init(jnp.zeros(1)))[0][0]) == pytest.approx(4.0)
+    finally:
+        jr.registry("aggregator").unregister("test_scaled_mean")
 
 
 def test_bucketing_shrinks_the_count_the_next_rule_is_built_for():
@@ -132,3 +135,44 @@ def test_algorithm_options_are_checked_against_the_declared_ones():
     with pytest.raises(ValueError, match=unknown.format("p", "dsgd") + "; valid .*none"):
         Config(algorithm_options={"p": 0.5}).validate()
     Config(algorithm="marina_pp", momentum=0.0, algorithm_options={"plus": True}).validate()
+
+
+def test_committed_sweep_keeps_its_run_ids():
+    """Fields added later are not written when empty, so run ids (and resuming) hold."""
+    import csv
+    import pathlib
+
+    from jaxrobust import sweep
+
+    folder = pathlib.Path(__file__).parent.parent / "experiments/arc/results/table_reduced"
+    spec = sweep.Sweep.from_yaml(str(folder / "sweep.yaml"))
+    with open(folder / "runs.csv") as fh:
+        written = {row["run_id"] for row in csv.DictReader(fh)}
+    assert {unit.run_id for unit in spec.units()} == written
+
+
+def test_user_heterogeneity_scheme_with_its_own_option():
+    from jaxrobust import simulator
+
+    @jr.register("heterogeneity", "test_first_half", replace=True)
+    def first_half(labels, num_workers, rng, share=0.5):
+        """Worker 0 gets the first ``share`` of a shuffle, the rest split evenly."""
+        order = rng.permutation(len(labels))
+        cut = int(share * len(labels))
+        return [order[:cut], *np.array_split(order[cut:], num_workers - 1)]
+
+    try:
+        labels = np.repeat(np.arange(4), 25)
+        config = Config(
+            num_honest=3, heterogeneity="test_first_half", heterogeneity_options={"share": 0.6}
+        ).validate()
+        parts = simulator.partition_of(config, labels, seed=0)
+        assert [len(p) for p in parts] == [60, 20, 20]
+        assert sorted(np.concatenate(parts).tolist()) == list(range(100))
+        with pytest.raises(ValueError, match=r"unknown option\(s\) bogus for heterogeneity"):
+            config.replace(heterogeneity_options={"bogus": 1}).validate()
+        nested = Config(heterogeneity={"name": "test_first_half", "options": {"share": 0.6}})
+        assert nested.heterogeneity_options == {"share": 0.6}
+    finally:
+        jr.registry("heterogeneity").unregister("test_first_half")
+    assert "test_first_half" not in jr.registry("heterogeneity")

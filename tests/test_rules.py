@@ -14,7 +14,7 @@ import reference as ref
 from conftest import flat, flat_one, make_tree
 
 import jaxrobust as jr
-from jaxrobust import aggregators, preaggregators
+from jaxrobust import aggregators, functional, kernels, preaggregators
 
 N, F = 11, 3
 
@@ -443,3 +443,85 @@ def test_every_rule_is_importable_from_its_module():
         assert getattr(aggregators, name) is getattr(jr, name)
     for name in jr.PREAGGREGATORS:
         assert getattr(preaggregators, name) is getattr(jr, name)
+
+
+# --------------------------------------------------------------------------
+# Matrix products pinned at Precision.HIGHEST
+# --------------------------------------------------------------------------
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every dot_general in a jaxpr, sub-jaxprs included."""
+    found = []
+
+    def subjaxprs(value):
+        if hasattr(value, "eqns"):  # a Jaxpr
+            yield value
+        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):  # a ClosedJaxpr
+            yield value.jaxpr
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                yield from subjaxprs(v)
+
+    def walk(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append(eqn.params["precision"])
+            for value in eqn.params.values():
+                for sub in subjaxprs(value):
+                    walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+def _is_highest(precision) -> bool:
+    pair = precision if isinstance(precision, tuple) else (precision, precision)
+    return all(p == jax.lax.Precision.HIGHEST for p in pair)
+
+
+def _attack_fn(name):
+    from jaxrobust import attacks
+
+    attack = attacks.make_attack(name)
+    return lambda x: attack.apply(attacks.AttackInput(x, 2, jax.random.key(0)), ())[0]
+
+
+# Every rule or attack that multiplies matrices (CAF is checked with its own rule).
+GRAM_RULES = {
+    "krum": lambda x: functional.krum(x, 2),
+    "multi_krum": lambda x: functional.multi_krum(x, 2),
+    "mda": lambda x: functional.mda(x, 2),
+    "nnm": lambda x: functional.nnm(x, 2),
+    "geometric_median": lambda x: functional.geometric_median(x),
+    "dnc": lambda x: functional.dnc(x, 2, jax.random.key(0)),
+    "gram_matrix": lambda x: kernels.gram_matrix(x),
+    "pairwise_squared_distances": lambda x: kernels.pairwise_squared_distances(x),
+    "mix_rows": lambda x: kernels.mix_rows(jnp.ones((3, x.shape[0])) / 3, x),
+    "min_max": _attack_fn("min_max"),
+    "min_sum": _attack_fn("min_sum"),
+}
+
+
+def _mimic(x):
+    from jaxrobust import attacks
+
+    attack = attacks.make_attack("mimic", warmup=1)
+    state = attack.init(x[0])
+    return attack.apply(attacks.AttackInput(x, 2, jax.random.key(0)), state)[0]
+
+
+GRAM_RULES["mimic"] = _mimic  # an attack with a state
+
+
+@pytest.mark.parametrize("d", [5, 4 * 8192 + 3])  # plain and blocked (CPU) Gram paths
+@pytest.mark.parametrize("name", list(GRAM_RULES))
+def test_every_matrix_product_runs_at_highest_precision(name, d):
+    # Without the pin, a product takes the platform default (TF32 / bfloat16
+    # passes on accelerators) and its precision param is None or DEFAULT.
+    x = jnp.ones((7, d), jnp.float32)
+    with jax.default_matmul_precision("bfloat16"):
+        jaxpr = jax.make_jaxpr(GRAM_RULES[name])(x)
+    precisions = _dot_precisions(jaxpr)
+    assert precisions, f"{name} has no matrix product"
+    assert all(_is_highest(p) for p in precisions), (name, precisions)

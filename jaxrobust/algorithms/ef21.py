@@ -1,16 +1,18 @@
 """Byz-EF21-SGDM and its baselines: robust aggregation of compressed messages.
 
-Three algorithms (ALGORITHMS.md section 5), each one jitted step per round and
-vmappable over seeds, with ``config.compressor`` as the compressor ``C``:
+Three algorithms, each one jitted step per round and vmappable over seeds,
+with ``config.compressor`` as the compressor ``C``: Byz-EF21-SGDM (Liu, Li,
+Yi, Johansson, 2024) and the baselines of its paper, Byz-EF21 (Rammal et al.,
+AISTATS 2024) and BR-CSGD (see References):
 
-``"byz_ef21_sgdm"`` (Liu, Li, Yi, Johansson, 2024, "compressed momentum filtering")
+``"byz_ef21_sgdm"`` (Byz-EF21-SGDM)
     Every honest worker ``i`` keeps Polyak momentum
     ``v_i <- beta v_i + (1 - beta) grad_i`` (``beta = state.hyper.momentum``,
     from ``config.momentum``) and an EF21 state ``g_i``; it sends
     ``c_i = C(v_i - g_i)`` and sets ``g_i <- g_i + c_i``. The server keeps its
     own copy of every worker's ``g_i`` (all ``n``), reconstructs
     ``g_i <- g_i + c_i`` from the received messages, aggregates the ``n``
-    reconstructed states with the config's defence (``simulator.make_defence``,
+    reconstructed states with the config's defence (:func:`jaxrobust.defence.make_defence`,
     e.g. ``[nnm, median]``), and steps ``x <- x - gamma g``.
 ``"byz_ef21"``
     The same with ``beta = 0``: ``v_i = grad_i`` (whatever ``config.momentum``).
@@ -65,7 +67,7 @@ before round 1, not counted in ``bits_sent``); ``"zeros"``: everything starts
 at zero. The server's copies of the Byzantine states start at zero; they are
 overwritten every round.
 
-Metrics (``simulator.METRIC_COLUMNS``): ``train_loss`` (mean honest minibatch
+Metrics (:data:`jaxrobust.core.types.METRIC_COLUMNS`): ``train_loss`` (mean honest minibatch
 loss at the round's parameters; with ``algorithm_options: {train_loss: full}``
 the evaluation adds the loss on the whole training set at the evaluated
 parameters, which replaces the chunk's minibatch mean in the rows: the
@@ -75,11 +77,27 @@ that were aggregated), ``mean_honest_norm``, ``bits_sent`` (the compressor's
 bits summed over the honest workers, per round) and ``epochs`` (honest
 gradient computations so far divided by the number of examples the honest
 workers hold: ``t * batch_size * h / sum(sizes)`` after ``t`` rounds, the
-initial gradient not counted; :func:`epochs_at`). The simulator reports the
+initial gradient not counted; :func:`jaxrobust.evaluation.epochs_at`). The simulator reports the
 mean of every metric over the ``eval_every`` rounds of a chunk, except the
-cumulative ones (``epochs``, ``simulator.LAST_VALUE_METRICS``), which are
-their value after the chunk's last round: the exact value at the evaluation
-step.
+cumulative ones (``epochs``, :data:`jaxrobust.simulator.LAST_VALUE_METRICS`),
+which are their value after the chunk's last round: the exact value at the
+evaluation step.
+
+References
+----------
+Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+distributed learning via compressed momentum filtering", arXiv:2409.08640,
+2024 (Byz-EF21-SGDM; BR-CSGD and Byz-EF21 as its baselines).
+
+Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
+for Byzantine robust learning: new efficient algorithms and improved rates",
+AISTATS 2024 (Byz-EF21).
+
+Richtarik, Sokolov, Fatkhullin, "EF21: a new, simpler, theoretically better,
+and practically faster error feedback", NeurIPS 2021 (EF21).
+
+Fatkhullin, Tyurin, Richtarik, "Momentum provably improves error feedback!",
+NeurIPS 2023 (EF21-SGDM).
 """
 
 from __future__ import annotations
@@ -107,7 +125,34 @@ TRAIN_LOSSES = ("minibatch", "full")
 
 
 class EF21State(NamedTuple):
-    """One run's state. Worker-stacked leaves have ``h`` (workers) or ``n`` (server) rows."""
+    """One run's state. Worker-stacked leaves have ``h`` (workers) or ``n`` (server) rows.
+
+    Attributes
+    ----------
+    hyper : Hyper
+        Per-run learning rate, momentum ``beta`` and weight decay.
+    indices, sizes : int32 arrays ``(h, max_size)`` and ``(h,)``
+        The honest workers' example tables.
+    params : pytree
+        The current parameters.
+    momentum : pytree ``(h, ...)``
+        Honest ``v_i`` (zeros and unused for BR-CSGD).
+    worker_g : pytree ``(h, ...)``
+        The honest workers' own EF21 states ``g_i``.
+    server_g : pytree ``(n, ...)``
+        The server's copies of every worker's ``g_i`` (Byzantine rows last).
+    flipped_momentum, flipped_g : pytree ``(h, ...)`` or ``()``
+        The label-flipping shadow workers' ``v`` and ``g`` (``()`` unless the
+        attack needs flipped labels).
+    defence, server : optax states
+        The defence chain's and the server optimiser's states.
+    attack : any
+        The attack's state.
+    rounds : int32 scalar
+        Rounds done.
+    key : PRNG key
+        The run's key.
+    """
 
     hyper: Hyper
     indices: jax.Array  # (h, max_size) int32
@@ -126,7 +171,18 @@ class EF21State(NamedTuple):
 
 
 class EF21Metrics(NamedTuple):
-    """:class:`~jaxrobust.algorithms.base.RoundMetrics`, the bits sent and the epochs done."""
+    """:class:`~jaxrobust.algorithms.base.RoundMetrics`, the bits sent and the epochs done.
+
+    Attributes
+    ----------
+    train_loss, aggregate_norm, distance_to_honest_mean, mean_honest_norm : float32
+        As in :class:`~jaxrobust.algorithms.base.RoundMetrics` (the honest
+        vectors being the reconstructed states, or the compressed gradients).
+    bits_sent : float32
+        The compressor's bits summed over the honest workers this round.
+    epochs : float32
+        ``rounds * batch_size * h / sum(sizes)`` (cumulative).
+    """
 
     train_loss: jax.Array
     aggregate_norm: jax.Array
@@ -302,19 +358,155 @@ def _build(setup: Setup, *, kind: str) -> Algorithm:
 
 @registry("algorithm").register("byz_ef21_sgdm")
 def byz_ef21_sgdm(setup: Setup) -> Algorithm:
-    """Byz-EF21-SGDM: EF21 on worker momentum, robust aggregation of the states."""
+    """Byz-EF21-SGDM: EF21 on worker momentum, robust aggregation of the states.
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem. ``config.compressor`` (and
+        ``compressor_options``) is ``C``; ``config.algorithm_options`` may set
+        ``init`` (``"gradient"`` or ``"zeros"``), ``train_loss``
+        (``"minibatch"`` or ``"full"``) and ``rescale_unbiased`` (default
+        True); see the module docstring.
+
+    Returns
+    -------
+    Algorithm
+        ``init(key, indices, sizes, hyper) -> EF21State`` and
+        ``step(state) -> (state, EF21Metrics)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``algorithm_options`` key (``valid: init, train_loss,
+        rescale_unbiased``), ``init`` or ``train_loss`` value;
+        ``clients_per_round`` other than None or ``num_workers`` (full
+        participation only); a ``clipping_heuristic`` (a dsgd option); or a
+        defence that cannot take ``(n, f)``.
+
+    References
+    ----------
+    Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+    distributed learning via compressed momentum filtering", arXiv:2409.08640,
+    2024.
+
+    Examples
+    --------
+    Two rounds on 200 digits with Top-10 compression: each round the ten
+    honest workers send 420 bits each, and 2 rounds of batch 25 over 200
+    examples are 2.5 epochs.
+
+    >>> from jaxrobust.config import Config
+    >>> from jaxrobust.simulator import simulate
+    >>> config = Config(
+    ...     algorithm="byz_ef21_sgdm", model="logistic_regression",
+    ...     compressor="top_k", compressor_options={"k": 10}, defence=("nnm", "median"),
+    ...     steps=2, eval_every=1, max_train=200,
+    ... )
+    >>> row = simulate(config).rows[-1]
+    >>> row["step"], row["bits_sent"], row["epochs"]
+    (2, 4200.0, 2.5)
+    """
     return _build(setup, kind="ef21_sgdm")
 
 
 @registry("algorithm").register("byz_ef21")
 def byz_ef21(setup: Setup) -> Algorithm:
-    """Byz-EF21: EF21 on the stochastic gradients (Byz-EF21-SGDM with ``beta = 0``)."""
+    """Byz-EF21: EF21 on the stochastic gradients (Byz-EF21-SGDM with ``beta = 0``).
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem. ``config.compressor`` (and
+        ``compressor_options``) is ``C``; ``config.algorithm_options`` may set
+        ``init`` (``"gradient"`` or ``"zeros"``), ``train_loss``
+        (``"minibatch"`` or ``"full"``) and ``rescale_unbiased`` (default
+        True); see the module docstring.
+
+    Returns
+    -------
+    Algorithm
+        ``init(key, indices, sizes, hyper) -> EF21State`` and
+        ``step(state) -> (state, EF21Metrics)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``algorithm_options`` key (``valid: init, train_loss,
+        rescale_unbiased``), ``init`` or ``train_loss`` value;
+        ``clients_per_round`` other than None or ``num_workers`` (full
+        participation only); a ``clipping_heuristic`` (a dsgd option); or a
+        defence that cannot take ``(n, f)``.
+
+    References
+    ----------
+    Rammal, Gruntkowska, Fedin, Gorbunov, Richtarik, "Communication compression
+    for Byzantine robust learning: new efficient algorithms and improved
+    rates", AISTATS 2024.
+
+    Examples
+    --------
+    >>> from jaxrobust.config import Config
+    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.data import load_dataset
+    >>> config = Config(algorithm="byz_ef21", clipping_heuristic=1.0, max_train=200)
+    >>> build(config, load_dataset("digits", max_train=200))
+    Traceback (most recent call last):
+    ...
+    ValueError: clipping_heuristic is a dsgd option, not one of byz_ef21
+    """
     return _build(setup, kind="ef21")
 
 
 @registry("algorithm").register("br_csgd")
 def br_csgd(setup: Setup) -> Algorithm:
-    """BR-CSGD: robust aggregation of the compressed stochastic gradients ``C(grad_i)``."""
+    """BR-CSGD: robust aggregation of the compressed stochastic gradients ``C(grad_i)``.
+
+    No worker state and no momentum; the compressor is used as is (an
+    unbiased one is intended), and ``init`` and ``rescale_unbiased`` have no
+    effect. A baseline in Liu et al. (2024).
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem. ``config.compressor`` (and
+        ``compressor_options``) is ``C``; ``config.algorithm_options`` may set
+        ``init`` (``"gradient"`` or ``"zeros"``), ``train_loss``
+        (``"minibatch"`` or ``"full"``) and ``rescale_unbiased`` (default
+        True); see the module docstring.
+
+    Returns
+    -------
+    Algorithm
+        ``init(key, indices, sizes, hyper) -> EF21State`` and
+        ``step(state) -> (state, EF21Metrics)``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``algorithm_options`` key (``valid: init, train_loss,
+        rescale_unbiased``), ``init`` or ``train_loss`` value;
+        ``clients_per_round`` other than None or ``num_workers`` (full
+        participation only); a ``clipping_heuristic`` (a dsgd option); or a
+        defence that cannot take ``(n, f)``.
+
+    References
+    ----------
+    Liu, Li, Yi, Johansson, "Byzantine-robust and communication-efficient
+    distributed learning via compressed momentum filtering", arXiv:2409.08640,
+    2024.
+
+    Examples
+    --------
+    >>> from jaxrobust.config import Config
+    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.data import load_dataset
+    >>> config = Config(algorithm="br_csgd", algorithm_options={"beta": 0.5}, max_train=200)
+    >>> build(config, load_dataset("digits", max_train=200))
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown algorithm_options ['beta'] for 'br_csgd'; valid: init, ...
+    """
     return _build(setup, kind="csgd")
 
 

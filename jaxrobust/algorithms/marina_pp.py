@@ -2,8 +2,8 @@
 
 Malinovsky, Richtarik, Horvath, Gorbunov, "Byzantine robustness and partial
 participation can be achieved at once: just clip gradient differences",
-NeurIPS 2024 (ALGORITHMS.md section 5). Registered as ``"marina_pp"``; one
-jitted step per round, vmappable over seeds.
+NeurIPS 2024. Registered as ``"marina_pp"``; one jitted step per round,
+vmappable over seeds.
 
 Round ``k`` (the server holds ``x_k`` and ``g_k`` and broadcasts ``g_k``):
 
@@ -24,7 +24,7 @@ Round ``k`` (the server holds ``x_k`` and ``g_k`` and broadcasts ``g_k``):
    infinite entry is clipped to zero).
 4. The next round starts from ``x_{k+1}``: ``state.params`` holds it.
 
-``ARAgg`` is the config's defence (``simulator.make_defence``), built twice:
+``ARAgg`` is the config's defence (:func:`jaxrobust.defence.make_defence`), built twice:
 for ``C`` and for ``C_hat`` inputs. Its ``f`` is the largest value
 ``<= config.defence_f`` for which the rules accept that many inputs (e.g.
 ``f = 0`` for ``[bucketing, median]`` on ``C = 4``: after Bucketing(2) only
@@ -114,7 +114,7 @@ average number of passes of a good client over its data; ``h m`` with
 ``shared_data``; the initial gradient counts as one). ``epochs`` is
 cumulative: each round reports the running total (``state.epochs``), and the
 simulator writes its value after the chunk's last round
-(``simulator.LAST_VALUE_METRICS``), the exact value at the evaluation step.
+(:data:`jaxrobust.simulator.LAST_VALUE_METRICS`), the exact value at the evaluation step.
 
 ``evaluate(params)`` adds ``suboptimality = f(x) - f*`` on the full training
 set. With ``x*`` known it is the mean over examples of
@@ -136,6 +136,17 @@ a9a (124 parameters) a round of 3 seeds takes about 25 ms on two CPU cores.
 Not used: ``config.momentum`` (ignored), ``weight_decay`` and
 ``lr_schedule`` (must be 0 and ``"constant"``: put the regulariser in
 ``config.l2``).
+
+References
+----------
+Malinovsky, Richtarik, Horvath, Gorbunov, "Byzantine robustness and partial
+participation can be achieved at once: just clip gradient differences",
+NeurIPS 2024 (Byz-VR-MARINA-PP).
+
+Gorbunov, Horvath, Richtarik, Gidel, "Variance reduction is an antidote to
+Byzantines: better rates, weaker assumptions and communication compression as
+a cherry on the top", ICLR 2023 (Byz-VR-MARINA, without partial
+participation).
 """
 
 from __future__ import annotations
@@ -183,6 +194,32 @@ SHIFT_BACK = "shift_back"
 
 
 class MarinaPPState(NamedTuple):
+    """One run's state of Byz-VR-MARINA-PP, a pytree (vmapped over runs by the simulator).
+
+    Attributes
+    ----------
+    hyper : Hyper
+        Per-run learning rate ``gamma`` (momentum and weight decay unused).
+    indices, sizes : int32 arrays ``(h, max_size)`` and ``(h,)``
+        The good clients' example tables.
+    params : pytree
+        ``x_k``, the iterate the next round starts from.
+    g : pytree
+        ``g_k``, broadcast by the server.
+    x0 : pytree
+        The starting point (the shift-back attack's target).
+    defence_sampled, defence_full : optax states
+        ``ARAgg`` for ``C`` and for ``C_hat`` inputs.
+    attack : any
+        The attack's state.
+    rounds : int32 scalar
+        Rounds done.
+    epochs : float32 scalar
+        Cumulative epochs (see the module docstring).
+    key : PRNG key
+        The run's key.
+    """
+
     hyper: Hyper
     indices: jax.Array  # (h, max_size) int32
     sizes: jax.Array  # (h,) int32
@@ -198,6 +235,15 @@ class MarinaPPState(NamedTuple):
 
 
 class MarinaPPMetrics(NamedTuple):
+    """Per-round metrics of Byz-VR-MARINA-PP (float32 scalars; see the module docstring).
+
+    The fields of :class:`~jaxrobust.algorithms.base.RoundMetrics`, then
+    ``bits_sent``, ``epochs`` (cumulative), ``full_round`` (``c_k``; its mean
+    over a chunk is the fraction of full-gradient rounds) and ``attacked``
+    (1 when shift-back fired, or any other attack had a sampled Byzantine
+    client).
+    """
+
     train_loss: jax.Array
     aggregate_norm: jax.Array
     distance_to_honest_mean: jax.Array
@@ -217,7 +263,29 @@ tree_norm = optax.tree_utils.tree_norm
 
 
 def masked_mean(mask: jax.Array, stacked: PyTree) -> PyTree:
-    """Mean of the rows where ``mask``; NaN where no row is selected."""
+    """Mean of the rows where ``mask``; NaN where no row is selected.
+
+    Parameters
+    ----------
+    mask : bool array ``(n,)``
+        The rows to average.
+    stacked : pytree
+        Leaves ``(n, ...)``.
+
+    Returns
+    -------
+    pytree
+        Leaves ``(...)``: the mean of the selected rows, all NaN if none is.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0], [2.0], [6.0]])
+    >>> masked_mean(jnp.array([True, False, True]), x).tolist()
+    [3.5]
+    >>> masked_mean(jnp.zeros(3, bool), x).tolist()
+    [nan]
+    """
     count = jnp.sum(mask)
     weights = jnp.where(mask, 1.0 / jnp.maximum(count, 1), 0.0)
     out = kernels.weighted_sum(weights, stacked, skip_zero=False)
@@ -228,6 +296,24 @@ def cyclic_honest_view(is_byzantine: jax.Array) -> jax.Array:
     """Row indices giving the good slots first, repeated cyclically to every slot.
 
     All-Byzantine: each slot's own index (their own honest computations).
+
+    Parameters
+    ----------
+    is_byzantine : bool array ``(S,)``
+        Which sampled slots are Byzantine.
+
+    Returns
+    -------
+    int32 array ``(S,)``
+        The good slots in order, repeated cyclically to length ``S``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> cyclic_honest_view(jnp.array([False, True, False, True, True])).tolist()
+    [0, 2, 0, 2, 0]
+    >>> cyclic_honest_view(jnp.array([True, True])).tolist()
+    [0, 1]
     """
     size = is_byzantine.shape[0]
     order = jnp.argsort(is_byzantine, stable=True)
@@ -243,13 +329,64 @@ def shift_back_vector(
 
     Full round: ``g_{k+1} = agg``, so ``agg = (x_{k+1} - x_0) / gamma``.
     Difference round: ``g_{k+1} = g_k + agg``, so ``agg = (x_{k+1} - x_0) / gamma - g_k``.
+
+    Parameters
+    ----------
+    x_next, x0, g : pytree
+        ``x_{k+1}``, ``x_0`` and ``g_k`` (same structure).
+    gamma : float32 scalar
+        The step size.
+    difference_round : bool
+        Whether the round is a difference round (``c_k = 0``).
+
+    Returns
+    -------
+    pytree
+        The vector, like ``x_next``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x1, x0, g = jnp.array([3.0]), jnp.array([1.0]), jnp.array([0.5])
+    >>> shift_back_vector(x1, x0, g, jnp.float32(0.5), False).tolist()
+    [4.0]
+    >>> shift_back_vector(x1, x0, g, jnp.float32(0.5), True).tolist()
+    [3.5]
     """
     target = attacks.shift_back_target(x_next, x0, gamma)
     return tree.sub(target, g) if difference_round else target
 
 
 def default_p(config: Config, local_size: float, d: int, compressor) -> float:
-    """``min(C/n, b/m, K/d)`` (see the module docstring for ``K/d`` of each compressor)."""
+    """``min(C/n, b/m, K/d)`` (see the module docstring for ``K/d`` of each compressor).
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``n = num_workers``, ``C = received_count`` and
+        ``b = batch_size``.
+    local_size : float
+        ``m``, a good client's number of examples.
+    d : int
+        Number of parameters.
+    compressor : Compressor
+        ``top_k`` keeps ``1 - omega(d)``; others ``1 / (1 + omega(d))``.
+
+    Returns
+    -------
+    float
+        ``p`` in ``(0, 1]``.
+
+    Examples
+    --------
+    >>> from jaxrobust import compression
+    >>> from jaxrobust.config import Config
+    >>> config = Config(algorithm="marina_pp", clients_per_round=5, batch_size=10)
+    >>> default_p(config, 100.0, 650, compression.make_compressor("identity"))
+    0.1
+    >>> default_p(config, 20.0, 650, compression.make_compressor("identity"))
+    0.38461538461538464
+    """
     n = config.num_workers
     c = config.received_count
     if compressor.name == "top_k":  # omega = 1 - K/d
@@ -266,6 +403,31 @@ def defence_for(config: Config, size: int) -> tuple[optax.GradientTransformation
     :func:`jaxrobust.defence.make_defence` accepts for ``(size, f)``: the
     rules' bounds (``n > 2f``, ``n > 2f + 2``, Bucketing's reduction of
     ``n``, MDA's subset limit, ...) are checked where they are defined.
+
+    Parameters
+    ----------
+    config : Config
+        Gives the defence chain, its options and ``defence_f``.
+    size : int
+        Number of inputs of the chain.
+
+    Returns
+    -------
+    (optax.GradientTransformation, int)
+        The chain and its ``f``.
+
+    Raises
+    ------
+    ValueError
+        ``defence [...] cannot take <size> inputs: <the last rule's error>``
+        when no ``f >= 0`` works.
+
+    Examples
+    --------
+    >>> from jaxrobust.config import Config
+    >>> config = Config(defence=("trimmed_mean",), num_byzantine=3)
+    >>> defence_for(config, 5)[1]  # trimmed_mean needs n > 2f
+    2
     """
     last = None
     for f in range(min(config.defence_f, size), -1, -1):
@@ -302,6 +464,104 @@ def _padded_chunks(x: np.ndarray, y: np.ndarray, chunk: int):
     )
 
 
+def f_star_of(options: dict, config: Config):
+    """The ``f_star`` option resolved: ``"reference"``, a number, or ``None`` (no metric).
+
+    ``"auto"`` (the default) is ``"reference"`` for a strongly convex problem
+    (``logistic_regression`` with ``l2 > 0``), else ``None``; ``True`` is
+    ``"reference"`` for any model.
+    """
+    option = options.get("f_star", "auto")
+    if isinstance(option, (int, float)) and not isinstance(option, bool):
+        return float(option)
+    if option is True or (
+        option == "auto" and config.model == "logistic_regression" and config.l2 > 0
+    ):
+        return "reference"
+    if option not in ("auto", None, False):
+        raise ValueError(f"f_star must be 'auto', True, False, None or a number, got {option!r}")
+    return None
+
+
+def suboptimality_of(loss_fn, init, x_train: np.ndarray, y_train: np.ndarray, f_star):
+    """``suboptimality(params) = f(params) - f*`` on the whole training set (NaN if ``f_star``
+    is None).
+
+    ``f_star="reference"`` computes ``(x*, f*)`` once, here, with
+    :func:`jaxrobust.optimum.reference_optimum`; near the optimum (below
+    :data:`QUADRATURE_BELOW`) the difference is computed as
+    ``int_0^1 <grad f(x* + t (x - x*)), x - x*> dt`` by Gauss-Legendre
+    quadrature, which does not cancel. A number is used as ``f*`` directly.
+    """
+    if f_star is None:
+        return lambda params: jnp.float32(jnp.nan)
+    params_shape = jax.eval_shape(init, jax.random.key(0))
+    params_star = None
+    if f_star == "reference":
+        from jaxrobust import optimum
+
+        params_star, f_star, info = optimum.reference_optimum(
+            loss_fn, init(jax.random.key(0)), x_train, y_train, return_info=True
+        )
+        if not info.converged:
+            warnings.warn(
+                f"reference optimum not reached ({info.method}, {info.iterations} iterations, "
+                f"||grad f|| = {info.grad_norm:.2e}): suboptimality is relative to its last "
+                "iterate",
+                stacklevel=3,
+            )
+        params_star = jax.tree_util.tree_map(
+            lambda a, s: jnp.asarray(a, s.dtype), params_star, params_shape
+        )
+    chunks = _padded_chunks(x_train, y_train, 4096)
+
+    def one_loss(params, xe, ye):
+        return loss_fn(params, (xe[None], ye[None]))
+
+    def full_mean(per_example):
+        """``sum_e w_e per_example(x_e, y_e)`` over the training set, in chunks."""
+
+        def per_chunk(args):
+            xc, yc, wc = args
+            return jnp.sum(wc * jax.vmap(per_example)(xc, yc))
+
+        return jnp.sum(jax.lax.map(per_chunk, chunks))
+
+    def full_grad(params):
+        def per_chunk(args):
+            xc, yc, wc = args
+            return jax.grad(
+                lambda p: jnp.sum(wc * jax.vmap(one_loss, in_axes=(None, 0, 0))(p, xc, yc))
+            )(params)
+
+        grads = jax.lax.map(per_chunk, chunks)
+        return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
+
+    def segment_integral(params):
+        """``f(x) - f(x*) = int_0^1 <grad f(x* + t delta), delta> dt``, Gauss-Legendre."""
+        delta = tree.sub(params, params_star)
+        total = 0.0
+        for node, weight in zip(GL_NODES, GL_WEIGHTS, strict=True):
+            point = jax.tree_util.tree_map(lambda s, dl, t=node: s + t * dl, params_star, delta)
+            grad = full_grad(point)
+            inner = sum(
+                jnp.vdot(a, b)
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta), strict=True
+                )
+            )
+            total = total + weight * inner
+        return total
+
+    def suboptimality(params):
+        if params_star is None:
+            return full_mean(lambda xe, ye: one_loss(params, xe, ye)) - f_star
+        direct = full_mean(lambda xe, ye: one_loss(params, xe, ye) - one_loss(params_star, xe, ye))
+        return jnp.where(direct < QUADRATURE_BELOW, segment_integral(params), direct)
+
+    return suboptimality
+
+
 # --------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------
@@ -309,7 +569,54 @@ def _padded_chunks(x: np.ndarray, y: np.ndarray, chunk: int):
 
 @registry("algorithm").register("marina_pp")
 def build(setup: Setup) -> Algorithm:
-    """Byz-VR-MARINA-PP (and PP+): clipped gradient differences under partial participation."""
+    """Byz-VR-MARINA-PP (and PP+): clipped gradient differences under partial participation.
+
+    The round, the options and the metrics are described in the module
+    docstring.
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem. ``config.algorithm_options``
+        takes ``p``, ``clients_full``, ``clip_alpha``, ``plus``,
+        ``shared_data``, ``binary``, ``f_star``, ``init`` and ``sampler``.
+
+    Returns
+    -------
+    Algorithm
+        ``init(key, indices, sizes, hyper) -> MarinaPPState``,
+        ``step(state) -> (state, MarinaPPMetrics)`` and an ``evaluate`` that
+        adds ``suboptimality``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``algorithm_options`` key; ``weight_decay != 0``;
+        ``lr_schedule != "constant"``; an unknown ``init``; ``clients_full``
+        outside ``[1, n]``; ``clients_per_round`` outside ``[1, n]``;
+        ``binary`` without ``logistic_regression`` on two-class data; ``p``
+        outside ``[0, 1]``; unknown ``shift_back`` options (only
+        ``threshold``); ``f_star`` not ``"auto"``, a bool, None or a number;
+        or a defence that cannot take ``C`` or ``C_hat`` inputs for any
+        ``f >= 0`` (:func:`defence_for`).
+
+    References
+    ----------
+    Malinovsky, Richtarik, Horvath, Gorbunov, "Byzantine robustness and
+    partial participation can be achieved at once: just clip gradient
+    differences", NeurIPS 2024.
+
+    Examples
+    --------
+    >>> from jaxrobust.config import Config
+    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.data import load_dataset
+    >>> config = Config(algorithm="marina_pp", algorithm_options={"p": 2.0}, max_train=200)
+    >>> build(config, load_dataset("digits", max_train=200))
+    Traceback (most recent call last):
+    ...
+    ValueError: p needs 0 <= p <= 1, got 2.0
+    """
     config, dataset, problem = setup.config, setup.dataset, setup.problem
     options = dict(config.algorithm_options)
     unknown = sorted(set(options) - set(OPTIONS))
@@ -377,80 +684,12 @@ def build(setup: Setup) -> Algorithm:
         attack = attacks.attack_of(config)
     flipped_needed = nb > 0 and not shift_back and attack.needs_flipped_labels
 
-    # ---------------- suboptimality
-    f_star_option = options.get("f_star", "auto")
-    params_star, f_star = None, None
-    if isinstance(f_star_option, (int, float)) and not isinstance(f_star_option, bool):
-        f_star = float(f_star_option)
-    elif f_star_option is True or (
-        f_star_option == "auto" and config.model == "logistic_regression" and config.l2 > 0
-    ):
-        from jaxrobust import optimum
-
-        params_star, f_star, info = optimum.reference_optimum(
-            loss_fn, problem.init(jax.random.key(0)), x_train_np, y_train_np, return_info=True
-        )
-        if not info.converged:
-            warnings.warn(
-                f"reference optimum not reached ({info.method}, {info.iterations} iterations, "
-                f"||grad f|| = {info.grad_norm:.2e}): suboptimality is relative to its last "
-                "iterate",
-                stacklevel=2,
-            )
-        params_star = jax.tree_util.tree_map(
-            lambda a, s: jnp.asarray(a, s.dtype), params_star, params_shape
-        )
-    elif f_star_option not in ("auto", None, False):
-        raise ValueError(
-            f"f_star must be 'auto', True, False, None or a number, got {f_star_option!r}"
-        )
-    chunks = _padded_chunks(x_train_np, y_train_np, 4096) if f_star is not None else None
+    suboptimality = suboptimality_of(
+        loss_fn, problem.init, x_train_np, y_train_np, f_star_of(options, config)
+    )
 
     def one_loss(params, xe, ye):
         return loss_fn(params, (xe[None], ye[None]))
-
-    def suboptimality(params):
-        if chunks is None:
-            return jnp.float32(jnp.nan)
-        if params_star is None:
-            return full_mean(lambda xe, ye: one_loss(params, xe, ye)) - f_star
-        direct = full_mean(lambda xe, ye: one_loss(params, xe, ye) - one_loss(params_star, xe, ye))
-        return jnp.where(direct < QUADRATURE_BELOW, segment_integral(params), direct)
-
-    def full_mean(per_example):
-        """``sum_e w_e per_example(x_e, y_e)`` over the training set, in chunks."""
-
-        def per_chunk(args):
-            xc, yc, wc = args
-            return jnp.sum(wc * jax.vmap(per_example)(xc, yc))
-
-        return jnp.sum(jax.lax.map(per_chunk, chunks))
-
-    def full_grad(params):
-        def per_chunk(args):
-            xc, yc, wc = args
-            return jax.grad(
-                lambda p: jnp.sum(wc * jax.vmap(one_loss, in_axes=(None, 0, 0))(p, xc, yc))
-            )(params)
-
-        grads = jax.lax.map(per_chunk, chunks)
-        return jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), grads)
-
-    def segment_integral(params):
-        """``f(x) - f(x*) = int_0^1 <grad f(x* + t delta), delta> dt``, Gauss-Legendre."""
-        delta = tree.sub(params, params_star)
-        total = 0.0
-        for node, weight in zip(GL_NODES, GL_WEIGHTS, strict=True):
-            point = jax.tree_util.tree_map(lambda s, dl, t=node: s + t * dl, params_star, delta)
-            grad = full_grad(point)
-            inner = sum(
-                jnp.vdot(a, b)
-                for a, b in zip(
-                    jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta), strict=True
-                )
-            )
-            total = total + weight * inner
-        return total
 
     evaluate_splits = evaluator(problem, dataset)
 

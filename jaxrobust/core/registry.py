@@ -35,7 +35,27 @@ _NOT_OPTIONS = ("f", "n", "num_classes", "parent", "name", "setup")
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One registered name: its factory and a one-line description."""
+    """One registered name: its factory and a one-line description.
+
+    Attributes
+    ----------
+    name : str
+        The name configs, sweeps and the CLI use.
+    factory : callable
+        What :meth:`Registry.build` calls.
+    description : str
+        One line for ``jaxrobust list``: the ``description`` given at
+        registration, else the first line of the factory's docstring without
+        its final full stop.
+
+    Examples
+    --------
+    >>> def scaled(f, *, n=None, factor=2.0, **extra):
+    ...     return factor
+    >>> entry = Entry("scaled", scaled, "a scaled mean")
+    >>> entry.options(), sorted(entry.parameters()), entry.accepts_any()
+    ({'factor': 2.0}, ['f', 'factor', 'n'], True)
+    """
 
     name: str
     factory: Callable[..., Any]
@@ -45,7 +65,23 @@ class Entry:
         """The factory's options: keyword parameters and their defaults (``None`` if required).
 
         ``f`` and ``n`` of the rule factories and ``*args`` / ``**kwargs``
-        are not options.
+        are not options, nor are ``num_classes``, ``setup`` and flax's
+        ``parent`` and ``name``. A factory with an ``options`` mapping
+        attribute (options it takes from elsewhere, such as
+        ``config.algorithm_options``) declares them there instead.
+
+        Returns
+        -------
+        dict
+            Option name to default, in signature order (``{}`` if the
+            signature cannot be read).
+
+        Examples
+        --------
+        >>> def rule(f, *, n=None, tau=1.0, key):
+        ...     pass
+        >>> Entry("rule", rule, "").options()
+        {'tau': 1.0, 'key': None}
         """
         declared = getattr(self.factory, "options", None)
         if isinstance(declared, Mapping):  # options a factory takes from elsewhere (a config)
@@ -61,7 +97,19 @@ class Entry:
         }
 
     def parameters(self) -> set[str]:
-        """Every keyword the factory takes (options and the fixed ``f``, ``n``, ...)."""
+        """Every keyword the factory takes (options and the fixed ``f``, ``n``, ...).
+
+        Returns
+        -------
+        set of str
+            The names of the positional-or-keyword and keyword-only
+            parameters, or the keys of a declared ``options`` mapping.
+
+        Examples
+        --------
+        >>> sorted(Entry("r", lambda f, *, n=None, tau=1.0: None, "").parameters())
+        ['f', 'n', 'tau']
+        """
         if isinstance(getattr(self.factory, "options", None), Mapping):
             return set(self.factory.options)
         try:
@@ -71,6 +119,17 @@ class Entry:
         return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def accepts_any(self) -> bool:
+        """Whether the factory takes any keyword (``**kwargs``, or an unreadable signature).
+
+        A factory with a declared ``options`` mapping never does.
+
+        Examples
+        --------
+        >>> Entry("r", lambda **kw: None, "").accepts_any()
+        True
+        >>> Entry("r", lambda f, *, n=None: None, "").accepts_any()
+        False
+        """
         if isinstance(getattr(self.factory, "options", None), Mapping):
             return False
         try:
@@ -134,11 +193,47 @@ class Registry(Mapping[str, Callable[..., Any]]):
     ):
         """Register ``factory`` under ``name`` (usable as a decorator).
 
+        Parameters
+        ----------
+        name : str
+            A non-empty name without whitespace or commas.
+        factory : callable, optional
+            The factory; when omitted, returns a decorator that registers the
+            function it decorates.
+        description : str, optional
+            The line ``jaxrobust list`` shows (default: the first line of the
+            factory's docstring, without its final full stop).
+        replace : bool
+            Allow replacing an entry already registered under ``name`` by a
+            different factory.
+
+        Returns
+        -------
+        callable
+            ``factory`` itself, or the decorator.
+
         Raises
         ------
         ValueError
-            If ``name`` is taken (pass ``replace=True`` to override on purpose)
-            or is not a valid identifier-like name.
+            If ``name`` is empty, not a string, or contains whitespace or a
+            comma (checked at once), or is already registered to a different
+            factory and ``replace`` is False (checked when the factory is
+            added). Registering the same function again is allowed.
+
+        Examples
+        --------
+        >>> reg = Registry("shape")
+        >>> _ = reg.register("square", lambda: 4, description="four sides")
+        >>> reg.entry("square").description
+        'four sides'
+        >>> reg.register("square", lambda: 5)
+        Traceback (most recent call last):
+        ...
+        ValueError: shape 'square' is already registered; pass replace=True to override
+        >>> reg.register("two words")
+        Traceback (most recent call last):
+        ...
+        ValueError: a shape name must be a non-empty word, got 'two words'
         """
         if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
             raise ValueError(f"a {self.kind} name must be a non-empty word, got {name!r}")
@@ -154,6 +249,11 @@ class Registry(Mapping[str, Callable[..., Any]]):
 
         return add if factory is None else add(factory)
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (``ValueError`` listing the names if it is not registered)."""
+        self.entry(name)
+        del self._entries[name]
+
     # -- lookup ---------------------------------------------------------------
     def _load(self) -> None:
         if not self._loaded:
@@ -162,7 +262,20 @@ class Registry(Mapping[str, Callable[..., Any]]):
                 importlib.import_module(module)
 
     def entry(self, name: str) -> Entry:
-        """The :class:`Entry` of ``name``; ``ValueError`` listing the names if unknown."""
+        """The :class:`Entry` of ``name``; ``ValueError`` listing the names if unknown.
+
+        Imports the registry's built-in modules on first use.
+
+        Raises
+        ------
+        ValueError
+            ``unknown <kind> '<name>'; choose one of: ...``.
+
+        Examples
+        --------
+        >>> registry("lr_schedule").entry("cosine").description
+        'Cosine decay from the base rate to zero over the run'
+        """
         self._load()
         if name not in self._entries:
             raise ValueError(
@@ -187,11 +300,45 @@ class Registry(Mapping[str, Callable[..., Any]]):
         return name in self._entries
 
     def entries(self) -> list[Entry]:
+        """Every :class:`Entry`, in registration order (built-ins first).
+
+        Examples
+        --------
+        >>> [e.name for e in registry("lr_schedule").entries()][:3]
+        ['constant', 'cosine', 'step']
+        """
         self._load()
         return list(self._entries.values())
 
     def check_options(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Return ``options`` as a dict; ``ValueError`` naming the valid ones if any is unknown."""
+        """Return ``options`` as a dict; ``ValueError`` naming the valid ones if any is unknown.
+
+        A factory taking ``**kwargs`` accepts any option.
+
+        Parameters
+        ----------
+        name : str
+            A registered name.
+        options : mapping
+            Keyword options for its factory.
+
+        Raises
+        ------
+        ValueError
+            Unknown ``name`` (see :meth:`entry`), or an option the factory does
+            not take: the message lists the valid options with their defaults.
+
+        Examples
+        --------
+        >>> reg = Registry("colour")
+        >>> _ = reg.register("red", lambda shade=1.0: shade)
+        >>> reg.check_options("red", {"shade": 0.5})
+        {'shade': 0.5}
+        >>> reg.check_options("red", {"hue": 3})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown option(s) hue for colour 'red'; valid options (with defaults): shade=1.0
+        """
         entry = self.entry(name)
         options = dict(options)
         if entry.accepts_any():
@@ -207,7 +354,20 @@ class Registry(Mapping[str, Callable[..., Any]]):
         return options
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
-        """Call the factory of ``name`` with ``args`` and the checked ``options``."""
+        """Call the factory of ``name`` with ``args`` and the checked ``options``.
+
+        Raises
+        ------
+        ValueError
+            Unknown ``name`` or option (see :meth:`check_options`), or whatever
+            the factory itself raises (e.g. a rule's bound on ``n`` and ``f``).
+
+        Examples
+        --------
+        >>> schedule = registry("lr_schedule").build("step", 100)
+        >>> float(schedule(0)), round(float(schedule(60)), 6), round(float(schedule(80)), 6)
+        (1.0, 0.1, 0.01)
+        """
         options = self.check_options(name, options)
         return self.entry(name).factory(*args, **options)
 
@@ -236,7 +396,33 @@ REGISTRIES: dict[str, Registry] = {
 
 
 def registry(kind: str) -> Registry:
-    """The registry of ``kind``; ``ValueError`` listing the kinds if unknown."""
+    """The registry of ``kind``; ``ValueError`` listing the kinds if unknown.
+
+    Parameters
+    ----------
+    kind : str
+        One of ``"aggregator"``, ``"preaggregator"``, ``"attack"``,
+        ``"algorithm"``, ``"heterogeneity"``, ``"compressor"``, ``"dataset"``,
+        ``"model"``, ``"lr_schedule"``.
+
+    Returns
+    -------
+    Registry
+
+    Raises
+    ------
+    ValueError
+        ``unknown registry kind '<kind>'; choose one of: ...``.
+
+    Examples
+    --------
+    >>> registry("model").kind
+    'model'
+    >>> registry("optimiser")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown registry kind 'optimiser'; choose one of: aggregator, ...
+    """
     if kind not in REGISTRIES:
         raise ValueError(f"unknown registry kind {kind!r}; choose one of: {', '.join(REGISTRIES)}")
     return REGISTRIES[kind]
@@ -276,10 +462,18 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
     - ``model``: a flax module class taking ``num_classes``.
     - ``lr_schedule``: ``factory(steps)`` returning an optax schedule (1 at step 0).
 
+    Returns
+    -------
+    callable
+        A decorator that registers the function or class it decorates and
+        returns it unchanged.
+
     Raises
     ------
     ValueError
-        Unknown ``kind`` (the message lists the kinds), or a name already taken.
+        Unknown ``kind`` (the message lists the kinds); a name that is empty or
+        contains whitespace or a comma; or a name already taken by another
+        factory without ``replace=True`` (raised when the decorator is applied).
 
     Examples
     --------
@@ -298,13 +492,28 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
 def check_defence(names) -> tuple[str, ...]:
     """Check a defence chain: registered pre-aggregators first, one aggregator last.
 
-    Returns the names as a tuple.
+    Only the names and their order are checked here; the rules' bounds on
+    ``n`` and ``f`` are checked when the chain is built
+    (:func:`jaxrobust.defence.build_defence`).
+
+    Parameters
+    ----------
+    names : iterable of str
+        Rule names in the order they are applied.
+
+    Returns
+    -------
+    tuple of str
+        The names.
 
     Raises
     ------
     ValueError
-        No aggregator last, an unknown name (listing the valid ones), or a
-        misplaced rule.
+        An empty chain or one whose last name is not a registered aggregator
+        (``defence must end with an aggregator, ...``); a name that is neither
+        an aggregator nor a pre-aggregator (``unknown rule ...``, listing the
+        valid ones); or an aggregator before the last place
+        (``... is misplaced: pre-aggregators first, one aggregator last``).
 
     Examples
     --------
@@ -314,6 +523,10 @@ def check_defence(names) -> tuple[str, ...]:
     Traceback (most recent call last):
     ...
     ValueError: defence must end with an aggregator, got ['trimmed_mean', 'nnm']; aggregators: ...
+    >>> check_defence(["median", "trimmed_mean"])
+    Traceback (most recent call last):
+    ...
+    ValueError: 'median' is misplaced: pre-aggregators first, one aggregator last
     """
     aggregators, pre = registry("aggregator"), registry("preaggregator")
     names = tuple(names)

@@ -12,7 +12,9 @@ __all__ = ["METRIC_COLUMNS", "Problem", "PyTree"]
 #: The columns of every ``metrics.csv`` (and, after the grid's, of ``runs.csv``):
 #: the run's seed, the round, and the measurements every algorithm may report.
 #: An algorithm's further metrics follow (see
-#: :func:`jaxrobust.simulator.metric_columns`).
+#: :func:`jaxrobust.simulator.metric_columns`). A column an algorithm does not
+#: measure (e.g. ``bits_sent`` for D-SGD, or the validation columns without a
+#: validation split) holds NaN.
 METRIC_COLUMNS = (
     "seed",
     "step",
@@ -36,6 +38,30 @@ class Problem(NamedTuple):
     Built from ``config.model`` by default (:func:`jaxrobust.models.problem_for`);
     pass your own to :func:`jaxrobust.simulator.simulate` to train any flax
     module or any pure ``loss(params, batch)``.
+
+    Attributes
+    ----------
+    init : callable
+        ``init(key) -> params``: a PRNG key to the initial parameters (a pytree
+        of float arrays).
+    loss : callable
+        ``loss(params, (x, y)) -> scalar``: the mean loss on a batch ``x`` of
+        shape ``(B, ...)`` with labels ``y`` of shape ``(B,)``; pure and
+        differentiable, so it can be ``vmap``-ed over workers.
+    accuracy : callable or None
+        ``accuracy(params, (x, y)) -> scalar`` in ``[0, 1]``; ``None`` when
+        the problem has none (the reported accuracies are then NaN).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> problem = Problem(
+    ...     init=lambda key: jnp.zeros(2),
+    ...     loss=lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2),
+    ... )
+    >>> x, y = jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([1.0, 3.0])
+    >>> float(problem.loss(problem.init(None), (x, y))), problem.accuracy
+    (5.0, None)
     """
 
     init: Callable[[Any], PyTree]

@@ -82,6 +82,14 @@ class Dataset:
     x_validation, y_validation : np.ndarray or None
         A validation split held out of the training set by
         :func:`with_validation` (for selecting hyperparameters), or ``None``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = Dataset("toy", np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1], np.int32),
+    ...              np.zeros((2, 3), np.float32), np.array([0, 1], np.int32), num_classes=2)
+    >>> ds
+    Dataset(name='toy', train=4, test=2, input_shape=(3,), num_classes=2)
     """
 
     name: str
@@ -95,7 +103,13 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example, e.g. ``(28, 28, 1)`` or ``(123,)``."""
+        """Shape of one example, e.g. ``(28, 28, 1)`` or ``(123,)``.
+
+        Examples
+        --------
+        >>> load_dataset("digits").input_shape
+        (8, 8, 1)
+        """
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self) -> str:
@@ -106,7 +120,39 @@ class Dataset:
 
 
 def with_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
-    """Hold out a seeded, label-stratified ``fraction`` of the training set for validation."""
+    """Hold out a seeded, label-stratified ``fraction`` of the training set for validation.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The data set; its test split is kept as is.
+    fraction : float
+        Fraction of each class's training examples moved to the validation
+        split (rounded per class), in ``(0, 1)``.
+    seed : int
+        Seed of the split.
+
+    Returns
+    -------
+    Dataset
+        A copy with fewer training examples and ``x_validation`` /
+        ``y_validation`` set.
+
+    Raises
+    ------
+    ValueError
+        ``fraction`` not in ``(0, 1)``, or a split that would be empty.
+
+    Examples
+    --------
+    >>> ds = with_validation(load_dataset("digits"), 0.2)
+    >>> len(ds.y_train), len(ds.y_validation), len(ds.y_test)
+    (1294, 324, 179)
+    >>> with_validation(ds, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: validation needs 0 < fraction < 1, got fraction=1.0
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"validation needs 0 < fraction < 1, got fraction={fraction}")
     train_idx, val_idx = _holdout(dataset.y_train, fraction, seed)
@@ -180,15 +226,27 @@ def load_dataset(
         A file is missing from ``data_dir``: the message names it and lists the
         expected layout.
     ValueError
-        Malformed files (bad IDX magic number or size, truncated CIFAR record),
-        bad arguments, or a name neither built in nor known to TFDS (the
-        message lists the built-in names).
+        ``test_fraction`` not in ``(0, 1)``; ``max_train`` or ``max_test``
+        below 1; a LIBSVM name without ``data_dir``; a hold-out that would
+        leave a split empty; malformed files (bad IDX magic number or size,
+        images and labels of different counts, a CIFAR file whose size is not
+        a multiple of the 3,073-byte record); a name neither built in nor
+        known to TFDS (the message lists the built-in names); or a TFDS data
+        set without a class-label feature.
 
     Examples
     --------
     >>> ds = load_dataset("digits")
-    >>> ds.input_shape, ds.num_classes
-    ((8, 8, 1), 10)
+    >>> ds.input_shape, ds.num_classes, ds.x_train.dtype, ds.y_train.dtype
+    ((8, 8, 1), 10, dtype('float32'), dtype('int32'))
+    >>> len(ds.y_train), len(ds.y_test)
+    (1618, 179)
+    >>> load_dataset("digits", max_train=100, max_test=50)
+    Dataset(name='digits', train=100, test=50, input_shape=(8, 8, 1), num_classes=10)
+    >>> load_dataset("digits", test_fraction=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: test_fraction must be in (0, 1), got test_fraction=0.0
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got test_fraction={test_fraction}")
@@ -522,7 +580,21 @@ def _load_tfds(name: str, data_dir: str | None, test_fraction: float, seed: int)
 
 @DATASETS.register("digits")
 def digits(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (offline; ``data_dir`` is ignored)."""
+    """scikit-learn's bundled 8x8 digits (offline; ``data_dir`` is ignored).
+
+    The 1,797 images of 8x8 pixels (values 0 to 16) of scikit-learn's
+    ``load_digits``, scaled to ``[0, 1]`` and standardised; a seeded
+    stratified ``test_fraction`` is held out as the test split. See
+    :func:`load_dataset` for the parameters.
+
+    Examples
+    --------
+    >>> ds = digits(test_fraction=0.5)
+    >>> len(ds.y_train), len(ds.y_test)
+    (899, 898)
+    >>> abs(float(ds.x_train.mean())) < 1e-5, round(float(ds.x_train.std()), 2)
+    (True, 1.0)
+    """
     del data_dir
     return _load_digits(test_fraction, seed)
 
@@ -552,7 +624,30 @@ def _libsvm_loader(name: str) -> Callable[..., Dataset]:
 
 @DATASETS.register("cifar10")
 def cifar10(data_dir: str | None = None, *, test_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """CIFAR-10 from its binary batches in data_dir (TFDS without data_dir)."""
+    """CIFAR-10 from its binary batches in data_dir (TFDS without data_dir).
+
+    ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin``
+    (each optionally ``.gz``) of the binary version; without
+    ``test_batch.bin`` a stratified ``test_fraction`` of the training set is
+    the test split. See :func:`load_dataset`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A training batch missing from ``data_dir`` (the message lists the
+        expected layout).
+    ValueError
+        A file whose size is not a multiple of the 3,073-byte record.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as empty:
+    ...     cifar10(empty)
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: cifar10: missing file 'data_batch_1.bin' (or 'data_batch_1.bin.gz') in ...
+    """
     if data_dir is None:
         return _load_tfds("cifar10", None, test_fraction, seed)
     return _load_cifar10(data_dir, test_fraction, seed)

@@ -277,6 +277,7 @@ def partition(
     gamma: float = 0.5,
     shards_per_worker: int = 2,
     seed: int = 0,
+    **options,
 ) -> list[np.ndarray]:
     """Split example indices over workers with a given heterogeneity.
 
@@ -375,12 +376,15 @@ def partition(
             "(every worker needs at least one)"
         )
     rng = np.random.default_rng(seed)
-    options = {"alpha": alpha, "gamma": gamma, "shards_per_worker": shards_per_worker}
-    scheme_fn = HETEROGENEITY.entry(scheme).factory
+    # The flat parameters reach the schemes that take them; ``options`` are
+    # checked against the scheme (unknown ones: ValueError listing the valid ones).
+    flat = {"alpha": alpha, "gamma": gamma, "shards_per_worker": shards_per_worker}
     accepted = HETEROGENEITY.entry(scheme).options()
-    parts = scheme_fn(
-        labels, num_workers, rng, **{k: v for k, v in options.items() if k in accepted}
-    )
+    options = {
+        **{k: v for k, v in flat.items() if k in accepted},
+        **HETEROGENEITY.check_options(scheme, options),
+    }
+    parts = HETEROGENEITY.entry(scheme).factory(labels, num_workers, rng, **options)
     return [np.sort(np.asarray(p, np.int64)) for p in parts]
 
 

@@ -843,7 +843,10 @@ def weiszfeld_weights(
     """Coefficients ``a`` with ``GM = sum_i a_i x_i`` after smoothed Weiszfeld steps.
 
     Runs entirely on the ``(n, n)`` Gram matrix: for ``z = sum_i a_i x_i``,
-    ``||z - x_j||^2 = a'Ga - 2 (Ga)_j + G_jj``. Each step sets
+    ``||z - x_j||^2 = a'Ga - 2 (Ga)_j + G_jj``. Since ``sum_i a_i = 1`` this
+    holds for the Gram matrix of the vectors minus any common point, and only
+    the Gram matrix of centred vectors (:func:`jaxrobust.kernels.centred_gram_matrix`)
+    keeps it exact to rounding under a large common offset. Each step sets
     ``a_j proportional to 1 / max(nu, ||z - x_j||)``, normalised to sum 1.
     Bad vectors (non-finite diagonal) get weight 0.
 
@@ -899,8 +902,8 @@ def weiszfeld_weights(
         nu = _relative_nu(g, diag, finite)
 
     def step(_, a):
-        ga = g @ a
-        sq = jnp.maximum(a @ ga - 2.0 * ga + diag, 0.0)
+        ga = jnp.dot(g, a, precision=lax.Precision.HIGHEST)
+        sq = jnp.maximum(jnp.dot(a, ga, precision=lax.Precision.HIGHEST) - 2.0 * ga + diag, 0.0)
         w = jnp.where(finite, 1.0 / jnp.maximum(nu, jnp.sqrt(sq)), 0.0)
         return w / jnp.sum(w)
 
@@ -929,7 +932,9 @@ def geometric_median(updates: PyTree, *, nu: float | None = None, iterations: in
     Defaults: ``nu`` relative to the spread of the vectors (see
     :func:`weiszfeld_weights`; ``geometric_median(s * X) = s *
     geometric_median(X)``), ``iterations = 8``. All iterations run on the Gram
-    matrix; the data is read twice (Gram, then the final combination). Bad
+    matrix of the vectors centred on a robust coordinate-wise reference
+    (exact to rounding under a common offset); the data is read three times
+    (reference, Gram, then the final combination). Bad
     vectors get weight 0.
 
     Parameters
@@ -978,7 +983,8 @@ def geometric_median(updates: PyTree, *, nu: float | None = None, iterations: in
     array([0.0194], dtype=float32)
     """
     kernels.num_workers(updates, "geometric_median")
-    a = weiszfeld_weights(kernels.gram_matrix(updates), nu=nu, iterations=iterations)
+    gram = kernels.centred_gram_matrix(updates)
+    a = weiszfeld_weights(gram, nu=nu, iterations=iterations)
     return kernels.weighted_sum(a, updates)
 
 
@@ -1351,7 +1357,7 @@ def dnc(
         sub = jnp.where(finite[:, None], _flat_columns(updates, cols), 0.0)
         centre = jnp.sum(sub, axis=0) / jnp.maximum(jnp.sum(finite), 1)
         centred = jnp.where(finite[:, None], sub - centre, 0.0)
-        evals, evecs = jnp.linalg.eigh(centred @ centred.T)
+        evals, evecs = jnp.linalg.eigh(jnp.dot(centred, centred.T, precision=lax.Precision.HIGHEST))
         scores = jnp.where(finite, evals[-1] * evecs[:, -1] ** 2, jnp.inf)
         keep = keep & kernels.smallest_mask(scores, n - removed)
     return kernels.weighted_sum(jnp.where(keep, 1.0 / jnp.sum(keep), 0.0), updates)
