@@ -235,21 +235,26 @@ def meamed(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 
 @_AGGREGATORS.register("geometric_median")
 def geometric_median(
-    f: int = 0, *, nu: float = 0.1, iterations: int = 8, n: int | None = None
+    f: int = 0, *, nu: float | None = None, iterations: int = 8, n: int | None = None
 ) -> optax.GradientTransformation:
     """Geometric median by smoothed Weiszfeld iterations.
 
     From the mean of the finite vectors, ``iterations`` times
     ``z <- sum_i w_i x_i / sum_i w_i`` with ``w_i = 1 / max(nu, ||z - x_i||)``
-    (defaults ``nu = 0.1``, 8 iterations). Needs ``n > 2f`` for the given
-    ``f``. See :func:`jaxrobust.functional.geometric_median`.
+    (8 iterations by default). Needs ``n > 2f`` for the given ``f``. See
+    :func:`jaxrobust.functional.geometric_median`.
 
     Parameters
     ----------
     f : int
         Declared number of Byzantine workers, ``f >= 0`` (default 0).
-    nu : float
-        Smoothing, ``nu > 0``.
+    nu : float or None
+        Smoothing, an absolute length ``nu > 0`` (ByzFL's ``0.1``), or
+        ``None`` (default) for ``1e-3`` times the spread
+        ``median_i median_j ||x_i - x_j||`` of the finite vectors, which
+        makes the rule scale-equivariant
+        (``rule(s X) = s rule(X)``); an absolute ``nu`` above the spread
+        turns the rule into the plain mean.
     iterations : int
         Number of Weiszfeld steps, ``>= 1``.
     n : int or None
@@ -271,7 +276,7 @@ def geometric_median(
         If ``f < 0``; ``"geometric_median needs n > 2f, got n=.., f=.."`` when the
         bound fails (at construction when ``n`` is given, else in ``update``);
         ``"geometric_median was built for n=.. workers, got updates with n=.."``.
-        ``"geometric_median needs nu > 0, got nu=.."``;
+        ``"geometric_median needs nu > 0 or None, got nu=.."``;
         ``"geometric_median needs iterations >= 1, got iterations=.."``.
 
     References
@@ -287,12 +292,12 @@ def geometric_median(
     >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
     >>> out, _ = tx.update(x, tx.init(x[0]))
     >>> np.round(np.asarray(out), 2)
-    array([1.9], dtype=float32)
+    array([1.94], dtype=float32)
     """
     f = kernels.check_f("geometric_median", f)
     kernels.check_f("geometric_median", iterations, minimum=1, label="iterations")
-    if not nu > 0:
-        raise ValueError(f"geometric_median needs nu > 0, got nu={nu}")
+    if nu is not None and not nu > 0:
+        raise ValueError(f"geometric_median needs nu > 0 or None, got nu={nu}")
     return stateless_rule(
         "geometric_median",
         partial(F.geometric_median, nu=nu, iterations=iterations),
@@ -677,19 +682,23 @@ class CenteredClippingState(NamedTuple):
 
 
 def centered_clipping(
-    tau: float = 10.0, iterations: int = 3, *, n: int | None = None
+    tau: float | None = None, iterations: int = 3, *, n: int | None = None
 ) -> optax.GradientTransformation:
     """Centered clipping (Karimireddy, He and Jaggi, ICML 2021).
 
     From the previous output ``v`` (kept in the state, zero at the start),
     ``iterations`` times ``v <- v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)``.
-    Defaults ``tau = 10``, 3 iterations. A bad vector contributes nothing.
-    No bound on ``f``: the rule does not take it.
+    3 iterations by default. A bad vector contributes nothing. No bound on
+    ``f``: the rule does not take it.
 
     Parameters
     ----------
-    tau : float
-        Clipping radius, ``tau > 0``.
+    tau : float or None
+        Clipping radius: an absolute length ``tau > 0`` (the paper's
+        experiments use ``10``), or ``None`` (default) for the median
+        distance of the finite vectors to ``v`` at each update, which keeps
+        a far vector's pull at that of a typical one whatever the scale of
+        the vectors (``rule(s X) = s rule(X)`` from a zero state).
     iterations : int
         Clipping steps per update, ``>= 1``.
     n : int or None
@@ -705,7 +714,7 @@ def centered_clipping(
     Raises
     ------
     ValueError
-        ``"centered_clipping needs tau > 0, got tau=.."``;
+        ``"centered_clipping needs tau > 0 or None, got tau=.."``;
         ``"centered_clipping needs iterations >= 1, got iterations=.."``
         (``TypeError`` if not an integer); in ``update``,
         ``"centered_clipping was built for n=.. workers, got updates with n=.."``.
@@ -725,8 +734,8 @@ def centered_clipping(
     >>> np.round(np.asarray(out), 4)
     array([0.2, 0.6], dtype=float32)
     """
-    if not tau > 0:
-        raise ValueError(f"centered_clipping needs tau > 0, got tau={tau}")
+    if tau is not None and not tau > 0:
+        raise ValueError(f"centered_clipping needs tau > 0 or None, got tau={tau}")
     kernels.check_f("centered_clipping", iterations, minimum=1, label="iterations")
 
     def init_fn(params):
@@ -754,7 +763,7 @@ def _mean_rule(f: int = 0, *, n: int | None = None) -> optax.GradientTransformat
 
 @_AGGREGATORS.register("centered_clipping")
 def _centered_clipping_rule(
-    f: int = 0, *, n: int | None = None, tau: float = 10.0, iterations: int = 3
+    f: int = 0, *, n: int | None = None, tau: float | None = None, iterations: int = 3
 ) -> optax.GradientTransformation:
     """Centered clipping around the previous aggregate (Karimireddy, He and Jaggi, 2021)."""
     del f

@@ -33,6 +33,109 @@ Array = jax.Array
 Defence = Callable[[PyTree], PyTree]
 
 
+# --------------------------------------------------------------------------
+# Bounds of the defaults derived from (n, f)
+# --------------------------------------------------------------------------
+
+
+def check_alie(n: int, f: int) -> None:
+    """Check the bound of ALIE's default factor :func:`alie_z`: ``1 <= s < n``.
+
+    ``s = floor(n/2 + 1) - f`` is the number of honest workers the ``f``
+    attackers need on their side to form a majority (Baruch et al., 2019);
+    ``z = Phi^-1((n - s) / n)`` exists only for ``0 < s < n``. ``s <= 0``
+    (``f > floor(n/2)``: the attackers are a majority on their own) has no
+    factor in the paper, so it is refused rather than replaced: pass ``z``
+    to :func:`alie` explicitly for such a setting. ``s >= n`` happens only
+    with ``f = 0`` and ``n <= 2``.
+
+    Parameters
+    ----------
+    n, f : int
+        Number of workers (honest and Byzantine) and of Byzantine workers.
+
+    Raises
+    ------
+    ValueError
+        ``"alie needs 1 <= s = floor(n/2 + 1) - f < n for its default z
+        (..), got n=.., f=.., s=.."``.
+
+    References
+    ----------
+    G. Baruch, M. Baruch, Y. Goldberg, "A little is enough: circumventing
+    defenses for distributed learning", NeurIPS 2019.
+
+    Examples
+    --------
+    >>> check_alie(5, 2)
+    >>> check_alie(5, 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: alie needs 1 <= s = floor(n/2 + 1) - f < n for its default z ..., got n=5, f=3, s=0
+    """
+    s = int(np.floor(n / 2 + 1)) - f
+    if not 1 <= s < n:
+        raise ValueError(
+            "alie needs 1 <= s = floor(n/2 + 1) - f < n for its default z (f <= floor(n/2); "
+            f"otherwise pass z explicitly), got n={n}, f={f}, s={s}"
+        )
+
+
+def _alie_bounds(n: int, f: int, options: dict) -> None:
+    if options.get("z") is None:
+        check_alie(n, f)
+
+
+# Per attack, a check of its defaults against (n, f) (n all workers, f the Byzantine ones).
+ATTACK_BOUNDS: dict[str, Callable[[int, int, dict], None]] = {"alie": _alie_bounds}
+
+
+def check_bounds(name: str, options: dict, n: int, f: int) -> None:
+    """Refuse an attack whose defaults derived from ``(n, f)`` do not exist.
+
+    Parameters
+    ----------
+    name : str
+        The attack.
+    options : dict
+        Its keyword arguments.
+    n, f : int
+        Number of workers (honest and Byzantine) and of Byzantine workers;
+        nothing is checked when ``f = 0`` (the attack sends no vector).
+
+    Raises
+    ------
+    ValueError
+        Naming the attack and its bound (see :func:`check_alie`).
+
+    Examples
+    --------
+    >>> check_bounds("alie", {"z": 1.0}, 5, 3)
+    >>> check_bounds("alie", {}, 5, 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: alie needs 1 <= s = floor(n/2 + 1) - f < n for its default z ...
+    """
+    check = ATTACK_BOUNDS.get(name)
+    if check is not None and f > 0:
+        check(n, f, options)
+
+
+def check_config_bounds(config) -> None:
+    """:func:`check_bounds` of a configuration's attack: n all workers, f the Byzantine ones.
+
+    Called by :meth:`jaxrobust.config.Config.validate`, so that a setting
+    the attack's defaults cannot take is refused before anything runs.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_bounds` and :func:`options_for`.
+    """
+    options = options_for(config.attack, dict(config.attack_options))
+    check_bounds(config.attack, options, config.num_workers, config.num_byzantine)
+
+
 class AttackInput(NamedTuple):
     """What an attack may look at in one step.
 
@@ -304,7 +407,7 @@ def alie_z(n: int, f: int) -> float:
     ----------
     n, f : int
         Number of workers (honest and Byzantine) and of Byzantine workers,
-        with ``0 < (n - s) / n < 1``.
+        with ``1 <= s < n`` (:func:`check_alie`).
 
     Returns
     -------
@@ -313,8 +416,9 @@ def alie_z(n: int, f: int) -> float:
 
     Raises
     ------
-    statistics.StatisticsError
-        When ``(n - s) / n`` is not in ``(0, 1)`` (``s <= 0`` or ``s >= n``).
+    ValueError
+        When ``s <= 0`` (``f > floor(n/2)``) or ``s >= n``; see
+        :func:`check_alie`.
 
     References
     ----------
@@ -328,6 +432,7 @@ def alie_z(n: int, f: int) -> float:
     >>> round(alie_z(5, 2), 4)
     0.8416
     """
+    check_alie(n, f)
     s = int(np.floor(n / 2 + 1)) - f
     return NormalDist().inv_cdf((n - s) / n)
 
@@ -341,7 +446,11 @@ def alie(z: float | None = None) -> Attack:
     Parameters
     ----------
     z : float or None
-        The factor; ``None`` for :func:`alie_z`.
+        The factor; ``None`` for :func:`alie_z`, which needs
+        ``f <= floor(n/2)`` (:func:`check_alie`; a ``ValueError`` at trace
+        time otherwise, and :meth:`jaxrobust.config.Config.validate` refuses
+        such a setting before anything runs). An explicit ``z`` takes any
+        ``(n, f)``.
 
     Returns
     -------
@@ -369,7 +478,12 @@ def alie(z: float | None = None) -> Attack:
 
     def fn(a: AttackInput):
         h = kernels.num_workers(a.honest, "alie")
-        factor = alie_z(h + a.num_byzantine, a.num_byzantine) if z is None else z
+        if z is not None:
+            factor = z
+        elif a.num_byzantine == 0:  # no vector to send; no factor needed
+            factor = 0.0
+        else:
+            factor = alie_z(h + a.num_byzantine, a.num_byzantine)
         mu = honest_mean(a.honest)
         return repeat(_axpy(-factor, honest_std(a.honest, mu), mu), a.num_byzantine)
 

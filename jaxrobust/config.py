@@ -268,9 +268,13 @@ class Config(BaseModel):
         ("nnm", "trimmed_mean"),
         description="rules in the order applied, e.g. arc,nnm,trimmed_mean",
     )
-    clip_norm: float = Field(2.0, gt=0.0, description="clipping norm of the clip rule")
+    clip_norm: float | None = Field(
+        2.0, gt=0.0, description="clipping norm of the clip rule (none: the median norm)"
+    )
     bucket_size: int = Field(2, ge=1, description="bucket size of the bucketing rule")
-    cc_tau: float = Field(10.0, gt=0.0, description="radius of centered_clipping")
+    cc_tau: float | None = Field(
+        10.0, gt=0.0, description="radius of centered_clipping (none: the median distance)"
+    )
     defence_options: Annotated[dict[str, dict[str, Any]], _RuleOptions()] = Field(
         default_factory=dict, description="per rule, its options: {rule: {option: value}}"
     )
@@ -371,7 +375,10 @@ class Config(BaseModel):
             (a ``ValueError``) naming the fields and the bound: ``steps`` not a
             multiple of ``eval_every``, ``clients_per_round`` above the number
             of workers, ``local_steps > 1`` with an algorithm other than
-            ``dsgd``, or options a component does not take.
+            ``dsgd``, options a component does not take, or an ``(n, f)`` the
+            attack's defaults cannot take
+            (:func:`jaxrobust.attacks.check_config_bounds`). A rule's bound is
+            checked when the defence is built, before anything runs.
         """
         if self.steps % self.eval_every:
             fit = max(
@@ -396,6 +403,7 @@ class Config(BaseModel):
             registry("compressor").check_options(self.compressor, self.compressor_options)
             registry("algorithm").check_options(self.algorithm, self.algorithm_options)
             registry("heterogeneity").check_options(self.heterogeneity, self.heterogeneity_options)
+            importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self

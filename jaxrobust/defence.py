@@ -111,6 +111,14 @@ def rule_options(config) -> dict[str, dict[str, Any]]:
     mapping from rule names to options) overrides them. Only the rules in
     ``config.defence`` are kept.
 
+    A configuration keeps the papers' absolute lengths as its defaults
+    (``clip_norm = 2``, ``cc_tau = 10``, ``geometric_median``'s ``nu = 0.1``
+    as in ByzFL), so existing configurations, their run ids and results are
+    unchanged; ``clip_norm: null``, ``cc_tau: null`` and
+    ``defence_options: {geometric_median: {nu: null}}`` select the rules'
+    scale-aware defaults, which the Python API uses when the option is
+    left out.
+
     Examples
     --------
     >>> from jaxrobust.config import Config
@@ -122,6 +130,7 @@ def rule_options(config) -> dict[str, dict[str, Any]]:
         "bucketing": {"bucket_size": config.bucket_size, "key": config.seed},
         "centered_clipping": {"tau": config.cc_tau},
         "dnc": {"key": config.seed},
+        "geometric_median": {"nu": 0.1},
     }
     for name, extra in (getattr(config, "defence_options", None) or {}).items():
         options[name] = {**options.get(name, {}), **dict(extra)}

@@ -80,16 +80,20 @@ def arc(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("arc", partial(P.arc, f=f), partial(P.check_arc, f=f), n)
 
 
-def clip(max_norm: float) -> optax.GradientTransformation:
-    """Static clipping of every worker vector: ``x_i <- x_i min(1, C / ||x_i||)``, ``C = max_norm``.
+def clip(max_norm: float | None = None) -> optax.GradientTransformation:
+    """Clipping of every worker vector: ``x_i <- x_i min(1, C / ||x_i||)``, ``C = max_norm``.
 
     The norm is global over all leaves of a worker's vector. Vectors with
     NaN or inf entries become zero vectors.
 
     Parameters
     ----------
-    max_norm : float
-        ``C >= 0``.
+    max_norm : float or None
+        ``C >= 0``, an absolute (static) norm; or ``None`` (default) for the
+        median norm of the finite received vectors, which is scale-aware
+        (``rule(s X) = s rule(X)``) and, with an honest majority, at most
+        the norm of an honest vector, so no vector weighs more than a
+        typical honest one.
 
     Returns
     -------
@@ -99,7 +103,7 @@ def clip(max_norm: float) -> optax.GradientTransformation:
     Raises
     ------
     ValueError
-        ``"clip needs max_norm >= 0, got max_norm=.."`` (also for NaN).
+        ``"clip needs max_norm >= 0 or None, got max_norm=.."`` (also for NaN).
 
     Examples
     --------
@@ -112,8 +116,8 @@ def clip(max_norm: float) -> optax.GradientTransformation:
     array([[1.2, 1.6],
            [0. , 1. ]], dtype=float32)
     """
-    if not max_norm >= 0:
-        raise ValueError(f"clip needs max_norm >= 0, got max_norm={max_norm}")
+    if max_norm is not None and not max_norm >= 0:
+        raise ValueError(f"clip needs max_norm >= 0 or None, got max_norm={max_norm}")
     return stateless_rule("clip", partial(P.clip, max_norm=max_norm), lambda n: None, None)
 
 
@@ -242,8 +246,8 @@ def bucketing(
 
 
 @_PRE.register("clip")
-def _clip_rule(f: int = 0, *, n: int | None = None, max_norm: float = 2.0):
-    """Static clipping of every worker vector to norm ``max_norm``."""
+def _clip_rule(f: int = 0, *, n: int | None = None, max_norm: float | None = None):
+    """Clipping of every worker vector to norm ``max_norm`` (``None``: the median norm)."""
     del f, n
     return clip(max_norm)
 

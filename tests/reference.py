@@ -81,20 +81,36 @@ def monna(x, f, trusted=0):
     return x[chosen].mean(0)
 
 
-def geometric_median(x, nu=0.1, iterations=8):
+def gm_spread(x):
+    """``median_i median_j ||x_i - x_j||``; if 0 the smallest positive distance; if none 1e3."""
+    d = np.sqrt(sq_dist(x))
+    typical = np.median(np.median(d, axis=1))
+    if typical > 0:
+        return typical
+    return d[d > 0].min() if (d > 0).any() else 1e3
+
+
+def geometric_median(x, nu=None, iterations=8):
+    """Smoothed Weiszfeld; ``nu=None``: 1e-3 times :func:`gm_spread`."""
     z = x.mean(0)
+    if nu is None:
+        nu = 1e-3 * gm_spread(x)
     for _ in range(iterations):
         w = 1.0 / np.maximum(nu, np.linalg.norm(x - z, axis=1))
         z = (w[:, None] * x).sum(0) / w.sum()
     return z
 
 
-def centered_clipping(x, center, tau, iterations):
+def centered_clipping(x, center, tau=None, iterations=3):
+    """``tau=None``: the median distance to ``center``, fixed before the first step."""
     v = center.copy()
+    if tau is None:
+        tau = np.median(np.linalg.norm(x - center, axis=1))
     for _ in range(iterations):
         diff = x - v
         norms = np.linalg.norm(diff, axis=1)
-        scale = np.minimum(1.0, tau / norms)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(norms > tau, tau / norms, 1.0)
         v = v + (scale[:, None] * diff).mean(0)
     return v
 
@@ -138,9 +154,13 @@ def arc(x, f):
     return x * scale[:, None]
 
 
-def clip(x, c):
+def clip(x, c=None):
+    """``c=None``: the median norm."""
     norms = np.linalg.norm(x, axis=1)
-    return x * np.minimum(1.0, c / norms)[:, None]
+    if c is None:
+        c = np.median(norms)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x * np.where(norms > c, c / norms, 1.0)[:, None]
 
 
 def nnm(x, f):

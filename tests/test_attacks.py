@@ -171,3 +171,52 @@ def test_attack_options_per_attack_for_sweeps():
     got = attacks.attack_of(config).apply(attacks.AttackInput(honest, 2, jax.random.key(0)), ())[0]
     mu, sigma = honest.mean(0), honest.std(0, ddof=1)  # ALIE's h - 1 convention
     np.testing.assert_allclose(got, np.stack([mu - 0.25 * sigma] * 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", range(1, 26))
+def test_alie_z_exists_exactly_when_its_bound_holds(n):
+    """Baruch et al. 2019: s = floor(n/2 + 1) - f, z = Phi^-1((n - s)/n) for 0 < s < n."""
+    for f in range(n + 1):
+        s = np.floor(n / 2 + 1) - f
+        if 0 < s < n:
+            assert attacks.alie_z(n, f) == pytest.approx(norm.ppf((n - s) / n), rel=1e-6)
+        else:
+            with pytest.raises(ValueError, match=rf"alie needs .*got n={n}, f={f}, s={int(s)}"):
+                attacks.alie_z(n, f)
+
+
+def test_alie_with_a_byzantine_majority_needs_an_explicit_z():
+    honest = make_tree(np.random.default_rng(1), 2)
+    inp = attacks.AttackInput(honest, 3, jax.random.key(0))
+    with pytest.raises(ValueError, match="alie needs 1 <= s"):
+        attacks.alie().apply(inp, ())
+    out, _ = attacks.alie(z=1.0).apply(inp, ())
+    x = flat(honest)
+    np.testing.assert_allclose(
+        flat(out), np.tile(x.mean(0) - x.std(0, ddof=1), (3, 1)), rtol=1e-4, atol=1e-6
+    )
+    # No Byzantine worker: nothing to send, no factor needed even for n = 2.
+    out, _ = attacks.alie().apply(attacks.AttackInput(honest, 0, jax.random.key(0)), ())
+    assert all(leaf.shape[0] == 0 for leaf in jax.tree_util.tree_leaves(out))
+
+
+def test_config_validation_refuses_impossible_settings_before_running():
+    from jaxrobust.config import Config, ConfigError
+
+    base = dict(num_honest=2, num_byzantine=3, declared_f=1, defence=("median",))
+    with pytest.raises(ConfigError, match=r"alie needs .*got n=5, f=3, s=0"):
+        Config(**base, attack="alie").validate()
+    Config(**base, attack="alie", attack_options={"z": 1.0}).validate()
+    Config(**base, attack="alie", attack_options={"alie": {"z": 1.0}, "ipm": {}}).validate()
+    Config(**{**base, "num_byzantine": 2}, attack="alie").validate()  # s = 1
+
+
+def test_cli_refuses_alie_with_a_byzantine_majority_before_running():
+    from jaxrobust import cli
+    from jaxrobust.config import ConfigError
+
+    args = ["run", "--attack", "alie", "--num-honest", "2", "--num-byzantine", "3"]
+    with pytest.raises(ConfigError, match=r"alie needs .*got n=5, f=3, s=0"):
+        cli.resolve_config(cli.parser().parse_args(args))
+    config = cli.resolve_config(cli.parser().parse_args([*args, "--attack-options", "{z: 1.5}"]))
+    assert config.attack_options == {"z": 1.5}

@@ -28,6 +28,41 @@ Array = jax.Array
 # Largest number of candidate subsets MDA enumerates by default.
 MDA_MAX_SUBSETS = 200_000
 
+# Scale-aware default smoothing of the geometric median: this fraction of the
+# spread median_i median_j ||x_i - x_j|| (see weiszfeld_weights).
+GM_NU_RELATIVE = 1e-3
+
+
+def finite_median(values: Array, finite: Array) -> Array:
+    """Median of ``values`` over the entries where ``finite`` is true; 0 when there is none.
+
+    The mean of the two middle entries for an even count, as ``numpy.median``.
+
+    Parameters
+    ----------
+    values : Array
+        Shape ``(n,)``.
+    finite : Array
+        Bool, shape ``(n,)``.
+
+    Returns
+    -------
+    Array
+        Scalar, the dtype of ``values``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> finite_median(jnp.array([3.0, jnp.inf, 1.0, 2.0]), jnp.array([True, False, True, True]))
+    Array(2., dtype=float32)
+    """
+    ordered = jnp.sort(jnp.where(finite, values, jnp.inf))
+    k = jnp.sum(finite)
+    lo = ordered[jnp.maximum((k - 1) // 2, 0)]
+    hi = ordered[jnp.minimum(k // 2, values.shape[0] - 1)]
+    middle = jnp.where(k % 2 == 1, lo, 0.5 * (lo + hi))
+    return jnp.where(k > 0, middle, jnp.zeros((), values.dtype))
+
 
 # --------------------------------------------------------------------------
 # Bounds
@@ -803,7 +838,7 @@ def monna(updates: PyTree, f: int, trusted: int = 0) -> PyTree:
 
 
 def weiszfeld_weights(
-    gram: Array, *, nu: float = 0.1, iterations: int = 8, start: Array | None = None
+    gram: Array, *, nu: float | None = None, iterations: int = 8, start: Array | None = None
 ) -> Array:
     """Coefficients ``a`` with ``GM = sum_i a_i x_i`` after smoothed Weiszfeld steps.
 
@@ -819,8 +854,17 @@ def weiszfeld_weights(
     ----------
     gram : Array
         ``G[i, j] = <x_i, x_j>``, shape ``(n, n)``, float32 or wider.
-    nu : float
-        Smoothing: distances below ``nu`` count as ``nu`` (``nu > 0``).
+    nu : float or None
+        Smoothing: distances below ``nu`` count as ``nu`` (``nu > 0``), an
+        absolute length (Pillutla et al.; ByzFL uses ``0.1``). ``None``:
+        ``GM_NU_RELATIVE = 1e-3`` times ``median_i median_j ||x_i - x_j||``
+        over the finite vectors, so that the rule is scale-equivariant. With
+        an honest majority this spread is at most the honest diameter, however
+        far the other vectors are (the distances to the mean would be
+        dominated by them). The smoothing only keeps the weights finite near a
+        data point, and moves the result by a small fraction of the spread.
+        When the spread is 0 (a majority coincides) the smallest positive
+        distance is used instead, and 1 when all finite vectors coincide.
     iterations : int
         Number of Weiszfeld steps.
     start : Array or None
@@ -854,6 +898,8 @@ def weiszfeld_weights(
     if start is None:
         start = finite.astype(g.dtype)
     a = start / jnp.sum(start)
+    if nu is None:
+        nu = _relative_nu(g, diag, finite)
 
     def step(_, a):
         ga = jnp.dot(g, a, precision=lax.Precision.HIGHEST)
@@ -864,13 +910,28 @@ def weiszfeld_weights(
     return lax.fori_loop(0, iterations, step, a)
 
 
-def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -> PyTree:
+def _relative_nu(g: Array, diag: Array, finite: Array) -> Array:
+    """``GM_NU_RELATIVE`` times the robust spread of :func:`weiszfeld_weights`."""
+    both = finite[:, None] & finite[None, :]
+    dist = jnp.sqrt(jnp.maximum(diag[:, None] + diag[None, :] - 2.0 * g, 0.0))
+    dist = jnp.where(both, dist, jnp.inf)
+    rows = jax.vmap(finite_median)(dist, both)
+    typical = finite_median(rows, finite)
+    positive = both & (dist > 0)
+    smallest = jnp.min(jnp.where(positive, dist, jnp.inf))
+    typical = jnp.where(typical > 0, typical, jnp.where(jnp.any(positive), smallest, 0.0))
+    return jnp.where(typical > 0, GM_NU_RELATIVE * typical, jnp.ones((), g.dtype))
+
+
+def geometric_median(updates: PyTree, *, nu: float | None = None, iterations: int = 8) -> PyTree:
     """Geometric median by smoothed Weiszfeld (Pillutla et al., 2022).
 
     An approximation of ``argmin_z sum_i ||z - x_i||``: starting from the
     mean of the finite vectors, repeat ``iterations`` times
     ``z <- sum_i w_i x_i / sum_i w_i`` with ``w_i = 1 / max(nu, ||z - x_i||)``.
-    Defaults ``nu = 0.1``, ``iterations = 8``. All iterations run on the Gram
+    Defaults: ``nu`` relative to the spread of the vectors (see
+    :func:`weiszfeld_weights`; ``geometric_median(s * X) = s *
+    geometric_median(X)``), ``iterations = 8``. All iterations run on the Gram
     matrix of the vectors centred on a robust coordinate-wise reference
     (exact to rounding under a common offset); the data is read three times
     (reference, Gram, then the final combination). Bad
@@ -880,8 +941,10 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
     ----------
     updates : pytree
         Every leaf a floating array of shape ``(n, ...)``.
-    nu : float
-        Smoothing parameter, ``nu > 0``.
+    nu : float or None
+        Smoothing parameter, an absolute length ``nu > 0`` (ByzFL's
+        ``0.1``), or ``None`` for ``1e-3`` times the spread
+        ``median_i median_j ||x_i - x_j||`` (see :func:`weiszfeld_weights`).
     iterations : int
         Number of Weiszfeld steps, ``>= 0``.
 
@@ -910,7 +973,14 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
     >>> import numpy as np
     >>> x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
     >>> np.round(np.asarray(geometric_median(x)), 2)
-    array([1.9], dtype=float32)
+    array([1.94], dtype=float32)
+
+    An absolute ``nu`` larger than the spread gives the plain mean:
+
+    >>> np.round(np.asarray(geometric_median(0.01 * x, nu=0.1)), 4)
+    array([0.0325], dtype=float32)
+    >>> np.round(np.asarray(geometric_median(0.01 * x)), 4)
+    array([0.0194], dtype=float32)
     """
     kernels.num_workers(updates, "geometric_median")
     gram = kernels.centred_gram_matrix(updates)
@@ -919,7 +989,7 @@ def geometric_median(updates: PyTree, *, nu: float = 0.1, iterations: int = 8) -
 
 
 def centered_clipping(
-    updates: PyTree, center: PyTree, *, tau: float = 10.0, iterations: int = 3
+    updates: PyTree, center: PyTree, *, tau: float | None = None, iterations: int = 3
 ) -> PyTree:
     """Centered clipping (Karimireddy et al., 2021) from ``center``.
 
@@ -928,6 +998,14 @@ def centered_clipping(
     ``clip_tau(u) = u * min(1, tau / ||u||)``. A bad vector contributes
     nothing (its clipped difference is the zero vector).
 
+    The paper's radius is an absolute length (``tau = 10`` in its
+    experiments). The default ``tau = None`` is the median distance of the
+    finite vectors to ``center`` (computed once, before the first step): with
+    an honest majority it is at most the distance of an honest vector, so a
+    far vector moves ``v`` no more than a typical honest one, whatever the
+    scale of the vectors; ``centered_clipping(s X, s c) = s
+    centered_clipping(X, c)``.
+
     Parameters
     ----------
     updates : pytree
@@ -935,8 +1013,9 @@ def centered_clipping(
     center : pytree
         The starting point ``v``: ``updates``' structure, leaves of shape
         ``(...)`` (no worker axis); the output takes its dtypes.
-    tau : float
-        Clipping radius, ``tau > 0``.
+    tau : float or None
+        Clipping radius, an absolute length ``tau > 0``, or ``None`` for the
+        median distance of the finite vectors to ``center``.
     iterations : int
         Number of clipping steps.
 
@@ -968,6 +1047,9 @@ def centered_clipping(
     array([0.2, 0.6], dtype=float32)
     """
     n = kernels.num_workers(updates, "centered_clipping")
+    if tau is None:
+        start = jnp.sqrt(kernels.squared_distances_to(updates, center))
+        tau = finite_median(start, jnp.isfinite(start))
 
     def step(_, v):
         dist = jnp.sqrt(kernels.squared_distances_to(updates, v))
@@ -1015,7 +1097,52 @@ def centered_gram(gram: Array, weights: Array) -> Array:
     """
     n = gram.shape[0]
     p = jnp.eye(n, dtype=gram.dtype) - weights[None, :]
-    return p @ gram @ p.T
+    highest = lax.Precision.HIGHEST
+    return jnp.matmul(jnp.matmul(p, gram, precision=highest), p.T, precision=highest)
+
+
+def caf_gram(updates: PyTree) -> Array:
+    """Gram matrix of the finite worker vectors centred on their mean; bad rows marked ``inf``.
+
+    ``G[i, j] = <x_i - m, x_j - m>`` with ``m`` the mean of the finite
+    vectors, each product at ``Precision.HIGHEST`` in at least float32. CAF
+    only uses ``G`` through centred Gram matrices, which do not depend on the
+    centre, so the result is the same in exact arithmetic as with ``m = 0``;
+    centring first keeps it exact to float rounding when the vectors share an
+    offset much larger than their spread. A bad vector (a NaN or infinite
+    entry) is left out of ``m`` and its row and column are ``inf``.
+
+    Parameters
+    ----------
+    updates : pytree
+        Every leaf of shape ``(n, ...)``.
+
+    Returns
+    -------
+    Array
+        Shape ``(n, n)``, at least float32.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[4096.0], [4097.0], [jnp.nan]])
+    >>> caf_gram(x).tolist()
+    [[0.25, -0.25, inf], [-0.25, 0.25, inf], [inf, inf, inf]]
+    """
+    finite = jnp.isfinite(kernels.worker_squared_norms(updates))
+    weights = finite / jnp.maximum(jnp.sum(finite), 1)
+    centre = kernels.weighted_sum(weights, updates)
+    total = None
+    for leaf, mid in zip(
+        jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(centre), strict=True
+    ):
+        acc = kernels.accumulation_dtype(leaf.dtype)
+        rows = kernels.worker_rows(leaf).astype(acc) - jnp.reshape(mid, (1, -1)).astype(acc)
+        rows = jnp.where(finite[:, None], rows, 0.0)
+        part = jnp.dot(rows, rows.T, precision=lax.Precision.HIGHEST)
+        total = part if total is None else total + part
+    both = finite[:, None] & finite[None, :]
+    return jnp.where(both, total, jnp.inf)
 
 
 def caf_weights(gram: Array, f: int) -> Array:
@@ -1071,14 +1198,19 @@ def caf_weights(gram: Array, f: int) -> Array:
         evals, evecs = jnp.linalg.eigh(root[:, None] * gc * root[None, :] / jnp.sum(c))
         top_value, top_vector = evals[-1], evecs[:, -1]
         # Projection of x_i - mu on the top direction, squared.
-        proj = gc @ (root * top_vector)
+        proj = jnp.matmul(gc, root * top_vector, precision=lax.Precision.HIGHEST)
         tau = jnp.where(c > 0, proj * proj, 0.0)
         tau_max = jnp.max(tau)
         improved = active & (top_value < best_lambda)
         best_a = jnp.where(improved, a, best_a)
         best_lambda = jnp.where(improved, top_value, best_lambda)
-        shrink = jnp.where(tau_max > 0, 1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0), 1.0)
-        c = jnp.where(active & (tau_max > 0), c * jnp.maximum(shrink, 0.0), c)
+        # The algorithm removes every worker with tau_i = tau_max exactly:
+        # decided by the comparison, since under jit tau * (1 / tau_max)
+        # may leave a few ulps at the argmax and keep it active.
+        at_max = tau >= tau_max
+        shrink = 1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)
+        shrink = jnp.where(at_max, 0.0, jnp.clip(shrink, 0.0, 1.0))
+        c = jnp.where(active & (tau_max > 0), c * shrink, c)
         # A round that removes nothing (all tau = 0) ends the loop.
         rounds = jnp.where(tau_max > 0, rounds + 1, n)
         return rounds, c, best_a, best_lambda
@@ -1135,7 +1267,7 @@ def caf(updates: PyTree, f: int) -> PyTree:
     """
     n = kernels.num_workers(updates, "caf")
     check_caf(n, f)
-    return kernels.weighted_sum(caf_weights(kernels.gram_matrix(updates), f), updates)
+    return kernels.weighted_sum(caf_weights(caf_gram(updates), f), updates)
 
 
 def _flat_columns(updates: PyTree, columns: Array) -> Array:

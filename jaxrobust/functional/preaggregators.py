@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust import kernels
-from jaxrobust.functional.aggregators import require
+from jaxrobust.functional.aggregators import finite_median, require
 from jaxrobust.kernels import PyTree
 
 Array = jax.Array
@@ -132,17 +132,22 @@ def clip_to(updates: PyTree, threshold: Array) -> PyTree:
     return kernels.scale_rows(scales, updates)
 
 
-def clip(updates: PyTree, max_norm: float) -> PyTree:
-    """Static clipping: ``x_i <- x_i * min(1, C / ||x_i||)`` with ``C = max_norm``.
+def clip(updates: PyTree, max_norm: float | None = None) -> PyTree:
+    """Clipping: ``x_i <- x_i * min(1, C / ||x_i||)`` with ``C = max_norm``.
 
-    Bad vectors become zero vectors.
+    Bad vectors become zero vectors. A static ``C`` is an absolute length;
+    the default ``None`` takes ``C`` as the median norm of the finite
+    vectors, so that ``clip(s X) = s clip(X)``: with an honest majority the
+    median norm is at most the norm of an honest vector, so no vector weighs
+    more than a typical honest one.
 
     Parameters
     ----------
     updates : pytree
         Every leaf a floating array of shape ``(n, ...)``.
-    max_norm : float
-        ``C >= 0`` (not checked here; :func:`jaxrobust.preaggregators.clip` checks it).
+    max_norm : float or None
+        ``C >= 0`` (not checked here; :func:`jaxrobust.preaggregators.clip`
+        checks it), or ``None`` for the median norm of the finite vectors.
 
     Returns
     -------
@@ -158,6 +163,9 @@ def clip(updates: PyTree, max_norm: float) -> PyTree:
     array([[1.2, 1.6],
            [0. , 1. ]], dtype=float32)
     """
+    if max_norm is None:
+        norms = kernels.worker_norms(updates)
+        return clip_to(updates, finite_median(norms, jnp.isfinite(norms)))
     return clip_to(updates, jnp.asarray(max_norm, jnp.float32))
 
 
