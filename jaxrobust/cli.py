@@ -1,4 +1,4 @@
-"""The ``jaxrobust`` command: ``run``, ``demo`` and ``list``."""
+"""The ``jaxrobust`` command: ``run``, ``demo``, ``sweep``, ``report`` and ``list``."""
 
 from __future__ import annotations
 
