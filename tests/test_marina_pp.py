@@ -381,7 +381,9 @@ def test_epochs_at_every_evaluation_are_the_exact_cumulative_values(data):
     assert len(kinds) > 1  # chunks with different numbers of full rounds
 
 
-@pytest.mark.parametrize("attack", ["alie_aware", "ipm_aware"])
+@pytest.mark.parametrize(
+    "attack", [pytest.param("alie_aware", marks=pytest.mark.slow), "ipm_aware"]
+)
 def test_aggregator_aware_attacks_run_inside_the_round_kinds(data, attack):
     """The attack's defence (inside lax.cond, vmapped over runs) traces and runs; the
     vmapped runs equal the runs one by one."""
