@@ -99,7 +99,7 @@ class LogisticRegression(nn.Module):
 
     LIBSVM labels in ``{-1, +1}`` must be mapped to ``{0, 1}`` first.
 
-    Parameters
+    Attributes
     ----------
     num_classes : int
         ``K``, the number of logits (1 for the sigmoid binary model).
@@ -128,7 +128,7 @@ class MLP(nn.Module):
     With the default ``hidden=(128, 128)`` on 28x28x1 (784 features) and 10 classes:
     ``784*128+128 + 128*128+128 + 128*10+10 = 118,282`` parameters.
 
-    Parameters
+    Attributes
     ----------
     num_classes : int
         Number of logits.
@@ -252,7 +252,7 @@ class BasicBlock(nn.Module):
     He et al. 2016, CIFAR option A) and ``shortcut="projection"`` is
     ``conv1x1(s) -> GN`` (option B).
 
-    Parameters
+    Attributes
     ----------
     features : int
         Output channels.

@@ -157,6 +157,8 @@ class Registry(Mapping[str, Callable[..., Any]]):
     description : str
         One line shown by ``jaxrobust list``.
 
+    Notes
+    -----
     A registry is a read-only ``Mapping`` from names to factories, in
     registration order (built-ins first).
 
@@ -444,6 +446,21 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
     replace : bool
         Allow replacing an existing entry.
 
+    Returns
+    -------
+    callable
+        A decorator that registers the function or class it decorates and
+        returns it unchanged.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind`` (the message lists the kinds); a name that is empty or
+        contains whitespace or a comma; or a name already taken by another
+        factory without ``replace=True`` (raised when the decorator is applied).
+
+    Notes
+    -----
     What each kind registers (the same form as the built-ins):
 
     - ``aggregator`` / ``preaggregator``: ``factory(f, *, n=None, **options)``
@@ -461,19 +478,6 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
       :class:`jaxrobust.data.Dataset`.
     - ``model``: a flax module class taking ``num_classes``.
     - ``lr_schedule``: ``factory(steps)`` returning an optax schedule (1 at step 0).
-
-    Returns
-    -------
-    callable
-        A decorator that registers the function or class it decorates and
-        returns it unchanged.
-
-    Raises
-    ------
-    ValueError
-        Unknown ``kind`` (the message lists the kinds); a name that is empty or
-        contains whitespace or a comma; or a name already taken by another
-        factory without ``replace=True`` (raised when the decorator is applied).
 
     Examples
     --------
