@@ -394,9 +394,11 @@ class Config(BaseModel):
                 f"clients_per_round needs 1 <= clients_per_round <= n, got "
                 f"clients_per_round={self.clients_per_round}, n={self.num_workers}"
             )
-        if self.local_steps > 1 and self.algorithm != "dsgd":
+        local = [n for n, f in registry("algorithm").items() if getattr(f, "local_steps", False)]
+        if self.local_steps > 1 and self.algorithm not in local:
             raise ConfigError(
-                f"local_steps > 1 is an option of algorithm dsgd, got algorithm={self.algorithm!r}"
+                f"local_steps > 1 is an option of algorithm {', '.join(local)}, "
+                f"got algorithm={self.algorithm!r}"
             )
         try:
             self._check_attack_options()

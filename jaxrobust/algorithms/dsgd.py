@@ -304,4 +304,5 @@ def dsgd(setup: Setup) -> Algorithm:
     return Algorithm(init, step, setup.evaluate())
 
 
+dsgd.local_steps = True  # runs FedAvg-style local steps (config.local_steps > 1)
 dsgd.options = {}  # D-SGD's settings are config fields (momentum, local_steps, ...)
