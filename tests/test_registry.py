@@ -176,3 +176,24 @@ def test_user_heterogeneity_scheme_with_its_own_option():
     finally:
         jr.registry("heterogeneity").unregister("test_first_half")
     assert "test_first_half" not in jr.registry("heterogeneity")
+
+
+def test_a_plugin_may_replace_a_builtin_before_any_lookup():
+    """Registering over a built-in name in a fresh interpreter (as --plugin does) works."""
+    import subprocess
+    import sys
+
+    code = """
+import jaxrobust as jr
+import optax
+@jr.register("aggregator", "mean", replace=True)
+def my_mean(f, *, n=None):
+    '''My mean.'''
+    return optax.identity()
+reg = jr.registry("aggregator")
+assert reg["mean"] is my_mean and "centered_clipping" in reg and "median" in reg
+import jaxrobust.aggregators
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -241,6 +241,9 @@ class Registry(Mapping[str, Callable[..., Any]]):
             raise ValueError(f"a {self.kind} name must be a non-empty word, got {name!r}")
 
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            # Built-ins first, so that a user's entry under a built-in name (with
+            # replace=True) replaces it rather than being refused by it later.
+            self._load()
             if name in self._entries and not replace and self._entries[name].factory is not fn:
                 raise ValueError(
                     f"{self.kind} {name!r} is already registered; pass replace=True to override"
@@ -259,9 +262,13 @@ class Registry(Mapping[str, Callable[..., Any]]):
     # -- lookup ---------------------------------------------------------------
     def _load(self) -> None:
         if not self._loaded:
-            self._loaded = True
-            for module in self._builtins:
-                importlib.import_module(module)
+            self._loaded = True  # set first: the built-in modules register while importing
+            try:
+                for module in self._builtins:
+                    importlib.import_module(module)
+            except BaseException:
+                self._loaded = False
+                raise
 
     def entry(self, name: str) -> Entry:
         """The :class:`Entry` of ``name``; ``ValueError`` listing the names if unknown.
