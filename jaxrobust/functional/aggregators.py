@@ -1132,17 +1132,8 @@ def caf_gram(updates: PyTree) -> Array:
     finite = jnp.isfinite(kernels.worker_squared_norms(updates))
     weights = finite / jnp.maximum(jnp.sum(finite), 1)
     centre = kernels.weighted_sum(weights, updates)
-    total = None
-    for leaf, mid in zip(
-        jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(centre), strict=True
-    ):
-        acc = kernels.accumulation_dtype(leaf.dtype)
-        rows = kernels.worker_rows(leaf).astype(acc) - jnp.reshape(mid, (1, -1)).astype(acc)
-        rows = jnp.where(finite[:, None], rows, 0.0)
-        part = jnp.dot(rows, rows.T, precision=lax.Precision.HIGHEST)
-        total = part if total is None else total + part
     both = finite[:, None] & finite[None, :]
-    return jnp.where(both, total, jnp.inf)
+    return jnp.where(both, kernels.gram_matrix(updates, centre), jnp.inf)
 
 
 def caf_weights(gram: Array, f: int) -> Array:
