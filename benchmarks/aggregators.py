@@ -60,6 +60,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import jaxrobust as jr  # noqa: E402
 from jaxrobust import kernels  # noqa: E402
+from jaxrobust.rules import distance, geometric, mixing, spectral  # noqa: E402
 
 D_DEFAULT = 1_663_370
 N_DEFAULT = (8, 16, 32, 128)
@@ -259,7 +260,7 @@ def byzfl_skip_reason(rule: str, n: int, f: int, d: int):
     """Why ByzFL cannot run this rule at this size in reasonable time or memory, or None."""
     if rule == "mda":
         count = math.comb(n, n - f)
-        if count > jr.functional.aggregators.MDA_MAX_SUBSETS:
+        if count > distance.MDA_MAX_SUBSETS:
             return f"skipped: ByzFL MDA loops over C({n},{f}) = {count:,} subsets in Python"
     if rule == "nnm":
         # vectors[indices] gathers an (n, n - f, d) float32 tensor.
@@ -397,8 +398,6 @@ def max_abs_diff(ours, theirs):
 
 def profile_pieces(x, n: int, f: int, repeats: int) -> dict:
     """Time the kernels the distance and randomised rules are built from."""
-    from jaxrobust.functional import aggregators as FA
-    from jaxrobust.functional import preaggregators as FP
 
     d = x.shape[1]
     key = jax.random.key(1)
@@ -437,16 +436,16 @@ def profile_pieces(x, n: int, f: int, repeats: int) -> dict:
         ),
         "jnp.take(x, cols, axis=1)": (lambda a, c: jnp.take(a, c, axis=1), (x, cols)),
         "functional._flat_columns(x, cols)": (
-            lambda a, c: FA._flat_columns(a, c),
+            lambda a, c: spectral._flat_columns(a, c),
             (x, cols),
         ),
-        "functional.caf_weights(gram, f)": (lambda g: FA.caf_weights(g, f), (gram,)),
+        "functional.caf_weights(gram, f)": (lambda g: spectral.caf_weights(g, f), (gram,)),
         "functional.weiszfeld_weights(gram)": (
-            lambda g: FA.weiszfeld_weights(g, nu=GM_NU, iterations=GM_ITERS),
+            lambda g: geometric.weiszfeld_weights(g, nu=GM_NU, iterations=GM_ITERS),
             (gram,),
         ),
-        "functional.krum_scores(dist, f)": (lambda dd: FA.krum_scores(dd, f), (dist,)),
-        "preaggregators.nnm_weights(dist, f)": (lambda dd: FP.nnm_weights(dd, f), (dist,)),
+        "functional.krum_scores(dist, f)": (lambda dd: distance.krum_scores(dd, f), (dist,)),
+        "preaggregators.nnm_weights(dist, f)": (lambda dd: mixing.nnm_weights(dd, f), (dist,)),
         "kernels.smallest_mask(dist, n-f)": (lambda dd: kernels.smallest_mask(dd, n - f), (dist,)),
     }
 
@@ -469,7 +468,7 @@ def profile_pieces(x, n: int, f: int, repeats: int) -> dict:
         return sum(s[f : n - f]) / (n - 2 * f)
 
     def nnm_plain_dot(a):
-        weights, finite = FP.nnm_weights(kernels.pairwise_squared_distances(a), f)
+        weights, finite = mixing.nnm_weights(kernels.pairwise_squared_distances(a), f)
         # Zero the bad rows only when there are some; mix with XLA's plain dot.
         return jax.lax.cond(
             jnp.all(finite),
@@ -489,10 +488,10 @@ def profile_pieces(x, n: int, f: int, repeats: int) -> dict:
     pieces["candidate: nnm = distances + cond + plain jnp.dot"] = (nnm_plain_dot, (x,))
     pieces["candidate: lax.top_k of random keys (10000 of d)"] = (topk_subsample, (key,))
 
-    if math.comb(n, n - f) <= FA.MDA_MAX_SUBSETS:
+    if math.comb(n, n - f) <= distance.MDA_MAX_SUBSETS:
 
         def mda_search(dd):
-            masks = jnp.asarray(FA._subset_masks(n, n - f))
+            masks = jnp.asarray(distance._subset_masks(n, n - f))
 
             def diameter(mask):
                 pair = mask[:, None] & mask[None, :]

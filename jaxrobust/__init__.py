@@ -37,13 +37,13 @@ PREAGGREGATORS = ("arc", "clip", "nnm", "bucketing")
 
 # public name -> the module that defines it (a module's own name: the module itself)
 _LAZY = {
-    **{name: "jaxrobust.aggregators" for name in AGGREGATORS},
-    **{name: "jaxrobust.preaggregators" for name in PREAGGREGATORS},
+    **{name: "jaxrobust.rules.aggregators" for name in AGGREGATORS},
+    **{name: "jaxrobust.rules.preaggregators" for name in PREAGGREGATORS},
     "functional": "jaxrobust.functional",
     "kernels": "jaxrobust.kernels",
     "pairwise_squared_distances": "jaxrobust.kernels",
     "worker_norms": "jaxrobust.kernels",
-    "per_worker": "jaxrobust.transforms",
+    "per_worker": "jaxrobust.rules.base",
     "register": "jaxrobust.core",
     "registry": "jaxrobust.core",
 }
@@ -80,8 +80,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first access and cache the name here.
 
-    Names that are submodules (``jaxrobust.simulator``, ...) are imported as
-    such, as ``import jaxrobust.simulator`` would.
+    Names that are submodules (``jaxrobust.run.simulator``, ...) are imported as
+    such, as ``import jaxrobust.run.simulator`` would.
     """
     module = _LAZY.get(name)
     if module is not None:

@@ -104,8 +104,8 @@ def _flags_given(args: argparse.Namespace) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from jaxrobust import simulator
     from jaxrobust.algorithms.base import check_setting
+    from jaxrobust.run import simulator
 
     config = resolve_config(args)
     check_setting(config)  # a rule's bound or a bad option fails before anything is shown
@@ -163,7 +163,7 @@ DEMO_ATTACKS = ("sign_flip", "alie")
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from jaxrobust import simulator
+    from jaxrobust.run import simulator
 
     base = resolve_config(args)
     if args.config is None and not _flags_given(args):
@@ -193,7 +193,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    from jaxrobust import sweep
+    from jaxrobust.run import sweep
 
     load_plugins(args.plugin)
     spec = sweep.Sweep.from_yaml(args.sweep_file, plugins=args.plugin)

@@ -58,7 +58,7 @@ from jax import lax
 from jaxrobust import kernels
 from jaxrobust.core import registry
 from jaxrobust.kernels import PyTree
-from jaxrobust.transforms import as_key
+from jaxrobust.rules.base import as_key
 
 Array = jax.Array
 

@@ -3,7 +3,7 @@
 :class:`Config` is a frozen pydantic model. Every field declares what it
 accepts (a range, a registry of names, a type), and the command-line flags
 (:mod:`jaxrobust.cli`) and the fields a sweep may vary inside one compiled
-program (:data:`jaxrobust.sweep.VMAPPED`) are generated from these
+program (:data:`jaxrobust.run.sweep.VMAPPED`) are generated from these
 declarations.
 
 Checks happen in two stages:

@@ -78,7 +78,7 @@ def reference_optimum(
     Parameters
     ----------
     problem_or_loss:
-        A :class:`jaxrobust.simulator.Problem` or a pure ``loss(params, (x, y))``.
+        A :class:`jaxrobust.run.simulator.Problem` or a pure ``loss(params, (x, y))``.
     params0:
         Starting parameters (any pytree; its structure is kept).
     x, y:

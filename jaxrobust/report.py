@@ -25,7 +25,7 @@ Two orders of "best over the run" and "mean over seeds" exist:
   is what ByzFL's ``evaluate_results.py`` computes; it is never above the
   default.
 
-Inputs are the files of :func:`jaxrobust.sweep.run_sweep`: ``DIR/runs.csv``
+Inputs are the files of :func:`jaxrobust.run.sweep.run_sweep`: ``DIR/runs.csv``
 and ``DIR/sweep.yaml``. Example::
 
     from jaxrobust import report
@@ -204,7 +204,7 @@ def load_runs(
     --------
     A sweep of one setting: two attacks, two learning rates, one seed,
     evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
-    :func:`jaxrobust.sweep.run_sweep` writes them):
+    :func:`jaxrobust.run.sweep.run_sweep` writes them):
 
     >>> import os, tempfile
     >>> directory = tempfile.mkdtemp()
@@ -570,7 +570,7 @@ def worst_case_table(
     --------
     A sweep of one setting: two attacks, two learning rates, one seed,
     evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
-    :func:`jaxrobust.sweep.run_sweep` writes them):
+    :func:`jaxrobust.run.sweep.run_sweep` writes them):
 
     >>> import os, tempfile
     >>> directory = tempfile.mkdtemp()
@@ -843,7 +843,7 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
     --------
     A sweep of one setting: two attacks, two learning rates, one seed,
     evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
-    :func:`jaxrobust.sweep.run_sweep` writes them):
+    :func:`jaxrobust.run.sweep.run_sweep` writes them):
 
     >>> import os, tempfile
     >>> directory = tempfile.mkdtemp()
@@ -1300,7 +1300,7 @@ def make_report(
     --------
     A sweep of one setting: two attacks, two learning rates, one seed,
     evaluations at steps 10 and 20 (a ``runs.csv`` and ``sweep.yaml`` as
-    :func:`jaxrobust.sweep.run_sweep` writes them):
+    :func:`jaxrobust.run.sweep.run_sweep` writes them):
 
     >>> import os, tempfile
     >>> directory = tempfile.mkdtemp()

@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 import jaxrobust as jr
 from jaxrobust import defence
 from jaxrobust.config import Config
-from jaxrobust.functional import aggregators as FA
-from jaxrobust.functional import preaggregators as FP
+from jaxrobust.rules import base, clipping, geometric
 
 # Rules equivariant under x -> s x (s > 0), with their default options.
 EQUIVARIANT = {
@@ -78,13 +77,13 @@ def test_absolute_parameters_are_not_scale_equivariant():
     """The papers' absolute lengths, kept by name, fail the property the defaults pass."""
     x = jnp.array([[0.0], [1.0], [2.0], [10.0]])
     small = 0.01 * x
-    gm_abs = np.asarray(FA.geometric_median(small, nu=0.1))
+    gm_abs = np.asarray(geometric.geometric_median(small, nu=0.1))
     np.testing.assert_allclose(gm_abs, np.asarray(jnp.mean(small, 0)), rtol=1e-6)  # the mean
-    gm = np.asarray(FA.geometric_median(x))
+    gm = np.asarray(geometric.geometric_median(x))
     assert abs(gm_abs[0] - 0.01 * gm[0]) > 1e-3
-    np.testing.assert_allclose(np.asarray(FA.geometric_median(small)), 0.01 * gm, rtol=1e-5)
-    clip_abs = np.asarray(FP.clip(100.0 * x, 2.0))
-    assert not np.allclose(clip_abs, 100.0 * np.asarray(FP.clip(x, 2.0)))
+    np.testing.assert_allclose(np.asarray(geometric.geometric_median(small)), 0.01 * gm, rtol=1e-5)
+    clip_abs = np.asarray(clipping.clip(100.0 * x, 2.0))
+    assert not np.allclose(clip_abs, 100.0 * np.asarray(clipping.clip(x, 2.0)))
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
@@ -99,14 +98,14 @@ def test_scale_aware_defaults_match_float64_references(scale, seed):
     x64 = np.asarray(x32, np.float64)
     tol = dict(rtol=2e-4, atol=2e-5 * scale)
     np.testing.assert_allclose(
-        np.asarray(FA.geometric_median(x32)), ref.geometric_median(x64), **tol
+        np.asarray(geometric.geometric_median(x32)), ref.geometric_median(x64), **tol
     )
     center = scale * rng.standard_normal(d)
     c32 = jnp.asarray(center.astype(np.float32))
-    got = FA.centered_clipping(x32, c32, iterations=3)
+    got = geometric.centered_clipping(x32, c32, iterations=3)
     want = ref.centered_clipping(x64, np.asarray(c32, np.float64))
     np.testing.assert_allclose(np.asarray(got), want, **tol)
-    np.testing.assert_allclose(np.asarray(FP.clip(x32)), ref.clip(x64), **tol)
+    np.testing.assert_allclose(np.asarray(clipping.clip(x32)), ref.clip(x64), **tol)
 
 
 def test_defaults_with_bad_rows_and_coinciding_vectors_stay_finite():
@@ -114,14 +113,14 @@ def test_defaults_with_bad_rows_and_coinciding_vectors_stay_finite():
     x[0] = np.nan
     x[1] = np.inf
     for out in (
-        FA.geometric_median(jnp.asarray(x)),
-        FA.centered_clipping(jnp.asarray(x), jnp.ones(3)),  # tau = 0: v stays put
+        geometric.geometric_median(jnp.asarray(x)),
+        geometric.centered_clipping(jnp.asarray(x), jnp.ones(3)),  # tau = 0: v stays put
     ):
         np.testing.assert_allclose(np.asarray(out), 1.0, rtol=1e-6)
     # From 0, nothing is clipped (tau = the common distance); the two bad rows add 0 of 1/7.
-    out = FA.centered_clipping(jnp.asarray(x), jnp.zeros(3), iterations=3)
+    out = geometric.centered_clipping(jnp.asarray(x), jnp.zeros(3), iterations=3)
     np.testing.assert_allclose(np.asarray(out), 1.0 - (2 / 7) ** 3, rtol=1e-6)
-    clipped = np.asarray(FP.clip(jnp.asarray(x)))
+    clipped = np.asarray(clipping.clip(jnp.asarray(x)))
     np.testing.assert_allclose(clipped[2:], 1.0)
     np.testing.assert_array_equal(clipped[:2], 0.0)
 
@@ -131,7 +130,7 @@ def test_finite_median_is_numpys_median_of_the_finite_entries():
     for n in range(1, 12):
         v = rng.standard_normal(n)
         finite = rng.random(n) < 0.7
-        got = float(FA.finite_median(jnp.asarray(v, jnp.float32), jnp.asarray(finite)))
+        got = float(base.finite_median(jnp.asarray(v, jnp.float32), jnp.asarray(finite)))
         want = float(np.median(v[finite])) if finite.any() else 0.0
         assert got == pytest.approx(want, abs=1e-6)
 

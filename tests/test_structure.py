@@ -179,3 +179,35 @@ def test_worker_momentum_is_optax_ema():
     out = momentum_update(jnp.float32(0.9), m, two, rows, workers)
     np.testing.assert_allclose(out["w"][1], 0.9 * m["w"][3] + 0.1 * g["w"][0], rtol=1e-6)
     np.testing.assert_array_equal(np.delete(np.asarray(out["w"]), 1, 0), np.delete(m["w"], 1, 0))
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("aggregators", "rules.aggregators"),
+        ("preaggregators", "rules.preaggregators"),
+        ("defence", "rules.defence"),
+        ("transforms", "rules.base"),
+        ("simulator", "run.simulator"),
+        ("sweep", "run.sweep"),
+        ("distributed", "run.distributed"),
+    ],
+)
+def test_former_module_paths_are_aliases_of_the_moved_modules(old, new):
+    """Old imports keep working and see the same module (private names, monkeypatching)."""
+    import importlib
+
+    former = importlib.import_module(f"jaxrobust.{old}")
+    assert former is importlib.import_module(f"jaxrobust.{new}")
+    assert getattr(jaxrobust, old) is former
+
+
+def test_functional_namespace_is_the_family_modules_functions():
+    from jaxrobust import functional
+    from jaxrobust.rules import clipping, coordinatewise, distance, geometric, mixing, spectral
+
+    families = (clipping, coordinatewise, distance, geometric, mixing, spectral)
+    for name in functional.__all__:
+        homes = [m for m in families if getattr(m, name, None) is getattr(functional, name)]
+        assert len(homes) == 1, name
+        assert getattr(functional, name).__module__ == homes[0].__name__, name

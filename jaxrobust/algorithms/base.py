@@ -26,7 +26,7 @@ The other pieces a step needs, each shared by the built-in algorithms:
 :func:`jaxrobust.data.sample_batches` (each worker's minibatch indices from
 the ``indices`` / ``sizes`` tables), :func:`jaxrobust.workers.per_worker_gradients`
 (every worker's loss and gradient, vmapped), :func:`jaxrobust.workers.momentum_update`,
-:func:`jaxrobust.defence.make_defence` and :func:`jaxrobust.attacks.attack_of`
+:func:`jaxrobust.rules.defence.make_defence` and :func:`jaxrobust.attacks.attack_of`
 (the configuration's defence chain and attack), and :class:`Setup`'s
 ``x_train`` / ``y_train`` / ``evaluate()``. Declare ``factory.metrics`` (the
 NamedTuple type the step reports, when it adds fields to
@@ -49,8 +49,8 @@ import optax
 from jaxrobust import attacks, kernels
 from jaxrobust.core import registry, tree
 from jaxrobust.core.types import Problem, PyTree
-from jaxrobust.defence import make_defence
 from jaxrobust.evaluation import evaluator
+from jaxrobust.rules.defence import make_defence
 
 __all__ = [
     "Algorithm",
@@ -230,7 +230,7 @@ def check_setting(config) -> None:
     ------
     ValueError
         Unknown algorithm name, or whatever the algorithm's check or the
-        defence builder (:func:`jaxrobust.defence.make_defence`) raises.
+        defence builder (:func:`jaxrobust.rules.defence.make_defence`) raises.
 
     Examples
     --------

@@ -32,7 +32,7 @@ from jaxrobust.algorithms.base import Algorithm, Setup, robust_round, round_metr
 from jaxrobust.core import registry
 from jaxrobust.core.types import PyTree
 from jaxrobust.data.partition import sample_batches
-from jaxrobust.defence import make_defence
+from jaxrobust.rules.defence import make_defence
 from jaxrobust.server import Hyper, lr_factor, make_server_optimiser, server_init, server_update
 from jaxrobust.workers import flip_labels, local_vectors, momentum_update, per_worker_gradients
 
@@ -151,7 +151,7 @@ def dsgd(setup: Setup) -> Algorithm:
     defence: the aggregate is exactly the honest workers' mean momentum.
 
     >>> from jaxrobust.config import Config
-    >>> from jaxrobust.simulator import simulate
+    >>> from jaxrobust.run.simulator import simulate
     >>> config = Config(
     ...     model="logistic_regression", num_byzantine=0, defence=("mean",),
     ...     steps=2, eval_every=1, max_train=200,

@@ -12,7 +12,7 @@ AISTATS 2024) and BR-CSGD (see References):
     ``c_i = C(v_i - g_i)`` and sets ``g_i <- g_i + c_i``. The server keeps its
     own copy of every worker's ``g_i`` (all ``n``), reconstructs
     ``g_i <- g_i + c_i`` from the received messages, aggregates the ``n``
-    reconstructed states with the config's defence (:func:`jaxrobust.defence.make_defence`,
+    reconstructed states with the config's defence (:func:`jaxrobust.rules.defence.make_defence`,
     e.g. ``[nnm, median]``), and steps ``x <- x - gamma g``.
 ``"byz_ef21"``
     The same with ``beta = 0``: ``v_i = grad_i`` (whatever ``config.momentum``).
@@ -79,7 +79,7 @@ gradient computations so far divided by the number of examples the honest
 workers hold: ``t * batch_size * h / sum(sizes)`` after ``t`` rounds, the
 initial gradient not counted; :func:`jaxrobust.evaluation.epochs_at`). The simulator reports the
 mean of every metric over the ``eval_every`` rounds of a chunk, except the
-cumulative ones (``epochs``, :data:`jaxrobust.simulator.LAST_VALUE_METRICS`),
+cumulative ones (``epochs``, :data:`jaxrobust.run.simulator.LAST_VALUE_METRICS`),
 which are their value after the chunk's last round: the exact value at the
 evaluation step.
 
@@ -113,8 +113,8 @@ from jaxrobust.algorithms.base import Algorithm, Setup, robust_round, round_metr
 from jaxrobust.compression import contractive
 from jaxrobust.core import registry, tree
 from jaxrobust.data.partition import sample_batches
-from jaxrobust.defence import make_defence
 from jaxrobust.evaluation import epochs_at, full_loss
+from jaxrobust.rules.defence import make_defence
 from jaxrobust.server import Hyper, lr_factor, make_server_optimiser, server_init, server_update
 from jaxrobust.workers import flip_labels, momentum_update, per_worker_gradients
 
@@ -397,7 +397,7 @@ def byz_ef21_sgdm(setup: Setup) -> Algorithm:
     examples are 2.5 epochs.
 
     >>> from jaxrobust.config import Config
-    >>> from jaxrobust.simulator import simulate
+    >>> from jaxrobust.run.simulator import simulate
     >>> config = Config(
     ...     algorithm="byz_ef21_sgdm", model="logistic_regression",
     ...     compressor="top_k", compressor_options={"k": 10}, defence=("nnm", "median"),
@@ -447,7 +447,7 @@ def byz_ef21(setup: Setup) -> Algorithm:
     Examples
     --------
     >>> from jaxrobust.config import Config
-    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.run.simulator import build
     >>> from jaxrobust.data import load_dataset
     >>> config = Config(algorithm="byz_ef21", clipping_heuristic=1.0, max_train=200)
     >>> build(config, load_dataset("digits", max_train=200))
@@ -499,7 +499,7 @@ def br_csgd(setup: Setup) -> Algorithm:
     Examples
     --------
     >>> from jaxrobust.config import Config
-    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.run.simulator import build
     >>> from jaxrobust.data import load_dataset
     >>> config = Config(algorithm="br_csgd", algorithm_options={"beta": 0.5}, max_train=200)
     >>> build(config, load_dataset("digits", max_train=200))

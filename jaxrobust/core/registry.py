@@ -385,9 +385,12 @@ class Registry(Mapping[str, Callable[..., Any]]):
 
 
 _BUILTINS = {
-    "aggregator": (("jaxrobust.aggregators",), "robust aggregators (the worker axis goes away)"),
+    "aggregator": (
+        ("jaxrobust.rules.aggregators",),
+        "robust aggregators (the worker axis goes away)",
+    ),
     "preaggregator": (
-        ("jaxrobust.preaggregators",),
+        ("jaxrobust.rules.preaggregators",),
         "pre-aggregation rules (before an aggregator)",
     ),
     "attack": (("jaxrobust.attacks",), "what the Byzantine workers send"),
@@ -505,7 +508,7 @@ def check_defence(names) -> tuple[str, ...]:
 
     Only the names and their order are checked here; the rules' bounds on
     ``n`` and ``f`` are checked when the chain is built
-    (:func:`jaxrobust.defence.build_defence`).
+    (:func:`jaxrobust.rules.defence.build_defence`).
 
     Parameters
     ----------

@@ -12,7 +12,7 @@ __all__ = ["METRIC_COLUMNS", "Problem", "PyTree"]
 #: The columns of every ``metrics.csv`` (and, after the grid's, of ``runs.csv``):
 #: the run's seed, the round, and the measurements every algorithm may report.
 #: An algorithm's further metrics follow (see
-#: :func:`jaxrobust.simulator.metric_columns`). A column an algorithm does not
+#: :func:`jaxrobust.run.simulator.metric_columns`). A column an algorithm does not
 #: measure (e.g. ``bits_sent`` for D-SGD, or the validation columns without a
 #: validation split) holds NaN.
 METRIC_COLUMNS = (
@@ -36,7 +36,7 @@ class Problem(NamedTuple):
     """What is trained: ``init(key) -> params``, ``loss(params, (x, y))``, ``accuracy``.
 
     Built from ``config.model`` by default (:func:`jaxrobust.models.problem_for`);
-    pass your own to :func:`jaxrobust.simulator.simulate` to train any flax
+    pass your own to :func:`jaxrobust.run.simulator.simulate` to train any flax
     module or any pure ``loss(params, batch)``.
 
     Attributes
