@@ -24,7 +24,7 @@ Round ``k`` (the server holds ``x_k`` and ``g_k`` and broadcasts ``g_k``):
    infinite entry is clipped to zero).
 4. The next round starts from ``x_{k+1}``: ``state.params`` holds it.
 
-``ARAgg`` is the config's defence (:func:`jaxrobust.defence.make_defence`), built twice:
+``ARAgg`` is the config's defence (:func:`jaxrobust.rules.defence.make_defence`), built twice:
 for ``C`` and for ``C_hat`` inputs. Its ``f`` is the largest value
 ``<= config.defence_f`` for which the rules accept that many inputs (e.g.
 ``f = 0`` for ``[bucketing, median]`` on ``C = 4``: after Bucketing(2) only
@@ -114,7 +114,7 @@ average number of passes of a good client over its data; ``h m`` with
 ``shared_data``; the initial gradient counts as one). ``epochs`` is
 cumulative: each round reports the running total (``state.epochs``), and the
 simulator writes its value after the chunk's last round
-(:data:`jaxrobust.simulator.LAST_VALUE_METRICS`), the exact value at the evaluation step.
+(:data:`jaxrobust.run.simulator.LAST_VALUE_METRICS`), the exact value at the evaluation step.
 
 ``evaluate(params)`` adds ``suboptimality = f(x) - f*`` on the full training
 set. With ``x*`` known it is the mean over examples of
@@ -160,14 +160,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrobust import aggregators, attacks, compression, functional, kernels, models
+from jaxrobust import attacks, compression, functional, kernels, models
 from jaxrobust.algorithms.base import Algorithm, Setup, robust_round
 from jaxrobust.config import Config
 from jaxrobust.core import registry, tree
 from jaxrobust.core.types import Problem
 from jaxrobust.data.partition import sample_batches
-from jaxrobust.defence import make_defence
 from jaxrobust.evaluation import evaluator
+from jaxrobust.rules import aggregators
+from jaxrobust.rules.defence import make_defence
 from jaxrobust.server import Hyper
 from jaxrobust.workers import flip_labels
 
@@ -400,7 +401,7 @@ def defence_for(config: Config, size: int) -> tuple[optax.GradientTransformation
     """The config's defence chain for ``size`` inputs, with the largest valid ``f``.
 
     ``f`` is the largest value ``<= min(config.defence_f, size)`` whose chain
-    :func:`jaxrobust.defence.make_defence` accepts for ``(size, f)``: the
+    :func:`jaxrobust.rules.defence.make_defence` accepts for ``(size, f)``: the
     rules' bounds (``n > 2f``, ``n > 2f + 2``, Bucketing's reduction of
     ``n``, MDA's subset limit, ...) are checked where they are defined.
 
@@ -567,6 +568,324 @@ def suboptimality_of(loss_fn, init, x_train: np.ndarray, y_train: np.ndarray, f_
 # --------------------------------------------------------------------------
 
 
+class _Settings(NamedTuple):
+    """The validated options of one MARINA-PP run: static Python values and objects."""
+
+    h: int  # honest clients
+    nb: int  # Byzantine clients
+    n: int
+    C: int  # clients sampled in a difference round
+    C_hat: int  # clients sampled in a full round
+    alpha: float | None  # clipping multiplier (None: no clipping)
+    plus: bool
+    shared: bool
+    sampler: Callable
+    b: int
+    p: float
+    init_mode: str
+    problem: Problem
+    compressor: Any
+    full_bits: float
+    attack: Any
+    shift_back: bool
+    threshold: float
+    flipped_needed: bool
+
+
+def _settings(setup: Setup) -> _Settings:
+    """Check ``setup``'s options (see :func:`build`, Raises) and resolve their defaults."""
+    config, dataset, problem = setup.config, setup.dataset, setup.problem
+    options = dict(config.algorithm_options)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown algorithm_options {unknown} for 'marina_pp'; valid: {', '.join(OPTIONS)}"
+        )
+    if config.weight_decay != 0:
+        raise ValueError("marina_pp has no weight decay: put the regulariser in config.l2")
+    if config.lr_schedule != "constant":
+        raise ValueError("marina_pp runs with a constant step size gamma = config.lr")
+    init_mode = options.get("init", "gradient")
+    if init_mode not in INITS:
+        raise ValueError(f"unknown init {init_mode!r}; choose one of: {', '.join(INITS)}")
+    h, nb = config.num_honest, config.num_byzantine
+    n = h + nb
+    C = config.received_count
+    C_hat = int(options.get("clients_full", n))
+    if not 1 <= C_hat <= n:
+        raise ValueError(f"clients_full needs 1 <= clients_full <= n={n}, got {C_hat}")
+    if not 1 <= C <= n:
+        raise ValueError(f"clients_per_round needs 1 <= C <= n={n}, got {C}")
+    alpha = options.get("clip_alpha", 1.0)
+    shared = bool(options.get("shared_data", False))
+    if options.get("binary", False):
+        if config.model != "logistic_regression" or dataset.num_classes != 2:
+            raise ValueError("binary needs model logistic_regression on two-class data")
+        problem = _binary_problem(dataset, config.l2)
+
+    params_shape = jax.eval_shape(problem.init, jax.random.key(0))
+    leaves = jax.tree_util.tree_leaves(params_shape)
+    d = sum(int(np.prod(leaf.shape)) for leaf in leaves)
+    compressor = compression.make_compressor(config.compressor, **config.compressor_options)
+    m = len(dataset.y_train)
+    p = options.get("p")
+    p = default_p(config, m if shared else m / h, d, compressor) if p is None else float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p needs 0 <= p <= 1, got {p}")
+
+    shift_back = config.attack == SHIFT_BACK
+    threshold = 0.0
+    if shift_back:
+        sb_options = attacks.options_for(config.attack, config.attack_options)
+        threshold = float(sb_options.pop("threshold", 0.5))
+        if sb_options:
+            raise ValueError(f"unknown shift_back options {sorted(sb_options)}; valid: threshold")
+        attack = attacks.make_attack("none")
+    else:
+        attack = attacks.attack_of(config)
+    return _Settings(
+        h=h,
+        nb=nb,
+        n=n,
+        C=C,
+        C_hat=C_hat,
+        alpha=None if alpha is None else float(alpha),
+        plus=bool(options.get("plus", False)),
+        shared=shared,
+        sampler=options.get("sampler", kernels.sample_without_replacement),
+        b=config.batch_size,
+        p=p,
+        init_mode=init_mode,
+        problem=problem,
+        compressor=compressor,
+        full_bits=float(sum(int(np.prod(x.shape)) * 32 for x in leaves)),
+        attack=attack,
+        shift_back=shift_back,
+        threshold=threshold,
+        flipped_needed=nb > 0 and not shift_back and attack.needs_flipped_labels,
+    )
+
+
+class _Clients:
+    """The honest clients' side: full local gradients, minibatches, gradient differences.
+
+    Slot ``j`` of a round holds client ``workers[j]``; a Byzantine slot
+    (``workers[j] >= h``) borrows a good client's data for the gradient the
+    attack may see. With ``shared`` data every client holds the whole set.
+    """
+
+    def __init__(self, s: _Settings, dataset):
+        self.s = s
+        self.x = jnp.asarray(np.asarray(dataset.x_train))
+        self.y = jnp.asarray(np.asarray(dataset.y_train))
+        self.m = len(dataset.y_train)
+        self.num_classes = dataset.num_classes
+
+    def _labels(self, y, flip: bool):
+        return flip_labels(y, self.num_classes) if flip else y
+
+    def _weighted_grad(self, params, xs, ys, ws):
+        """Value and gradient of ``sum_e w_e loss_e`` (the exact mean of a padded row)."""
+        loss = self.s.problem.loss
+
+        def total(p):
+            one = jax.vmap(lambda xe, ye: loss(p, (xe[None], ye[None])))
+            return jnp.sum(ws * one(xs, ys))
+
+        return jax.value_and_grad(total)(params)
+
+    def _data_row(self, workers):
+        """Good client whose data slot ``j`` uses (Byzantine ones borrow one)."""
+        h = self.s.h
+        return jnp.where(workers < h, workers, (workers - h) % h)
+
+    def full_gradients(self, params, workers, indices, sizes, flip):
+        """Each slot's full local gradient at ``params``: ``(losses, grads)``, ``S`` rows."""
+        size = workers.shape[0]
+        if self.s.shared:
+            y = self._labels(self.y, flip)
+            value, grad = jax.value_and_grad(self.s.problem.loss)(params, (self.x, y))
+            return jnp.broadcast_to(value, (size,)), tree.broadcast(grad, size)
+        rows = self._data_row(workers)
+        idx = indices[rows]  # (S, width)
+        width = idx.shape[1]
+        ws = (jnp.arange(width)[None] < sizes[rows][:, None]) / sizes[rows][:, None]
+        return jax.vmap(self._weighted_grad, in_axes=(None, 0, 0, 0))(
+            params, self.x[idx], self._labels(self.y[idx], flip), ws.astype(jnp.float32)
+        )
+
+    def batches(self, key, workers, indices, sizes):
+        """Each slot's minibatch of ``b`` example indices."""
+        if self.s.shared:
+            return jax.random.randint(key, (workers.shape[0], self.s.b), 0, self.m)
+        rows = self._data_row(workers)
+        return sample_batches(key, indices[rows], sizes[rows], self.s.b)
+
+    def differences(self, x_new, x_old, idx, flip):
+        """``grad f(x_new; B_j) - grad f(x_old; B_j)``, the same batch ``B_j`` at both points."""
+        loss = self.s.problem.loss
+
+        def one(xb, yb):
+            value, g_new = jax.value_and_grad(loss)(x_new, (xb, yb))
+            g_old = jax.grad(loss)(x_old, (xb, yb))
+            return value, tree.sub(g_new, g_old)
+
+        return jax.vmap(one)(self.x[idx], self._labels(self.y[idx], flip))
+
+    def honest_sizes(self, workers, sizes):
+        """Examples held by each slot's client (``m`` with shared data)."""
+        if self.s.shared:
+            return jnp.full(workers.shape, float(self.m))
+        return sizes[self._data_row(workers)].astype(jnp.float32)
+
+    def total_examples(self, sizes):
+        """Examples held by all honest clients together."""
+        if self.s.shared:
+            return jnp.float32(self.s.h * self.m)
+        return jnp.sum(sizes).astype(jnp.float32)
+
+
+def _attacked_round(s: _Settings, would_send, flipped, is_byz, key, attack_state, aggregate, shift):
+    """Byzantine slots replaced, then the defence.
+
+    Returns ``(aggregate, defence_state, received, attack_state, fired)``;
+    ``aggregate(received) -> (aggregate, defence_state)`` is the round's defence.
+    """
+    size = is_byz.shape[0]
+    if s.nb == 0 or s.shift_back:
+        fired = jnp.zeros((), bool)
+        received = would_send
+        if s.nb > 0:  # shift-back: every sampled Byzantine client sends the same vector
+            fired = jnp.sum(is_byz) > s.threshold * size
+            received = tree.select_rows(is_byz & fired, tree.broadcast(shift, size), would_send)
+        return (*aggregate(received), received, attack_state, fired)
+    view = cyclic_honest_view(is_byz)
+    flipped_view = None if flipped is None else tree.rows(flipped, view)
+    count = max(1, min(size, round(size * s.nb / s.n)))
+    # The k-th sampled Byzantine slot takes attack vector k mod count.
+    rank = (jnp.cumsum(is_byz) - 1) % count
+
+    def assemble(byz_rows):
+        return tree.select_rows(is_byz, tree.rows(byz_rows, rank), would_send)
+
+    aggregated, defence_state, attack_state, received = robust_round(
+        tree.rows(would_send, view),
+        attack=s.attack,
+        attack_state=attack_state,
+        num_byzantine=count,
+        key=key,
+        aggregate=aggregate,
+        assemble=assemble,
+        flipped=flipped_view,
+    )
+    return aggregated, defence_state, received, attack_state, jnp.any(is_byz)
+
+
+def _round_metrics(aggregate, received, good, losses):
+    """``(train_loss, distance_to_honest_mean, mean_honest_norm, aggregate_norm)``."""
+    honest_mean = masked_mean(good, received)
+    norms = kernels.worker_norms(received)
+    count = jnp.sum(good)
+    mean_norm = jnp.sum(jnp.where(good, norms, 0.0)) / jnp.maximum(count, 1)
+    # 0 (not NaN) in a round without a good client: the simulator averages rounds.
+    distance = jnp.where(count > 0, tree_norm(tree.sub(aggregate, honest_mean)), 0.0)
+    return (
+        jnp.mean(losses).astype(jnp.float32),
+        distance.astype(jnp.float32),
+        jnp.where(count > 0, mean_norm, 0.0).astype(jnp.float32),
+        tree_norm(aggregate).astype(jnp.float32),
+    )
+
+
+class _RoundKeys(NamedTuple):
+    sample: jax.Array
+    batch: jax.Array
+    compress: jax.Array
+    attack: jax.Array
+    defence: jax.Array
+
+
+def _full_round(s: _Settings, clients: _Clients, defence_hat, state, x_new, keys: _RoundKeys):
+    """A full round: ``C_hat`` sampled clients send their full local gradients at ``x_new``."""
+    workers = s.sampler(keys.sample, s.n, s.C_hat).astype(jnp.int32)
+    is_byz = workers >= s.h
+    losses, would_send = clients.full_gradients(x_new, workers, state.indices, state.sizes, False)
+    flipped = None
+    if s.flipped_needed:
+        _, flipped = clients.full_gradients(x_new, workers, state.indices, state.sizes, True)
+
+    def aggregate_of(received):
+        return defence_hat.update(received, state.defence_full, x_new, key=keys.defence)
+
+    gamma = state.hyper.lr
+    shift = shift_back_vector(x_new, state.x0, state.g, gamma, False) if s.shift_back else None
+    aggregate, defence_full, received, attack_state, fired = _attacked_round(
+        s, would_send, flipped, is_byz, keys.attack, state.attack, aggregate_of, shift
+    )
+    good = ~is_byz
+    epochs = jnp.sum(jnp.where(good, clients.honest_sizes(workers, state.sizes), 0.0))
+    bits = jnp.sum(good).astype(jnp.float32) * s.full_bits
+    return (
+        aggregate,
+        defence_full,
+        state.defence_sampled,
+        attack_state,
+        _round_metrics(aggregate, received, good, losses),
+        epochs / clients.total_examples(state.sizes),
+        bits,
+        fired,
+    )
+
+
+def _difference_round(s: _Settings, clients: _Clients, defence_c, state, x_new, keys: _RoundKeys):
+    """A difference round: ``C`` sampled clients send compressed, clipped gradient differences."""
+    x_old = state.params
+    workers = s.sampler(keys.sample, s.n, s.C).astype(jnp.int32)
+    is_byz = workers >= s.h
+    idx = clients.batches(keys.batch, workers, state.indices, state.sizes)
+    losses, deltas = clients.differences(x_new, x_old, idx, False)
+    would_send, bits = compression.compress_workers(s.compressor, keys.compress, deltas)
+    flipped = None
+    if s.flipped_needed:
+        _, flipped_deltas = clients.differences(x_new, x_old, idx, True)
+        flipped, _ = compression.compress_workers(s.compressor, keys.compress, flipped_deltas)
+    if s.alpha is None:
+
+        def clip(v):
+            return v
+
+    else:
+        lam = s.alpha * tree_norm(tree.sub(x_new, x_old))
+
+        def clip(v):
+            return functional.clip_to(v, lam)
+
+    def aggregate_of(received):
+        clipped = clip(received)
+        if s.plus:
+            mean = aggregators.mean(n=s.C)
+            return mean.update(clipped, optax.EmptyState())[0], state.defence_sampled
+        return defence_c.update(clipped, state.defence_sampled, x_new, key=keys.defence)
+
+    gamma = state.hyper.lr
+    shift = shift_back_vector(x_new, state.x0, state.g, gamma, True) if s.shift_back else None
+    aggregate, defence_sampled, received, attack_state, fired = _attacked_round(
+        s, would_send, flipped, is_byz, keys.attack, state.attack, aggregate_of, shift
+    )
+    good = ~is_byz
+    epochs = jnp.sum(good).astype(jnp.float32) * 2.0 * s.b
+    return (
+        tree.add(state.g, aggregate),
+        state.defence_full,
+        defence_sampled,
+        attack_state,
+        _round_metrics(aggregate, clip(received), good, losses),
+        epochs / clients.total_examples(state.sizes),
+        jnp.sum(jnp.where(good, bits, 0.0)),
+        fired,
+    )
+
+
 @registry("algorithm").register("marina_pp")
 def build(setup: Setup) -> Algorithm:
     """Byz-VR-MARINA-PP (and PP+): clipped gradient differences under partial participation.
@@ -609,7 +928,7 @@ def build(setup: Setup) -> Algorithm:
     Examples
     --------
     >>> from jaxrobust.config import Config
-    >>> from jaxrobust.simulator import build
+    >>> from jaxrobust.run.simulator import build
     >>> from jaxrobust.data import load_dataset
     >>> config = Config(algorithm="marina_pp", algorithm_options={"p": 2.0}, max_train=200)
     >>> build(config, load_dataset("digits", max_train=200))
@@ -617,206 +936,32 @@ def build(setup: Setup) -> Algorithm:
     ...
     ValueError: p needs 0 <= p <= 1, got 2.0
     """
-    config, dataset, problem = setup.config, setup.dataset, setup.problem
-    options = dict(config.algorithm_options)
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown algorithm_options {unknown} for 'marina_pp'; valid: {', '.join(OPTIONS)}"
-        )
-    if config.weight_decay != 0:
-        raise ValueError("marina_pp has no weight decay: put the regulariser in config.l2")
-    if config.lr_schedule != "constant":
-        raise ValueError("marina_pp runs with a constant step size gamma = config.lr")
-    init_mode = options.get("init", "gradient")
-    if init_mode not in INITS:
-        raise ValueError(f"unknown init {init_mode!r}; choose one of: {', '.join(INITS)}")
-    h, nb = config.num_honest, config.num_byzantine
-    n = h + nb
-    C = config.received_count
-    C_hat = int(options.get("clients_full", n))
-    if not 1 <= C_hat <= n:
-        raise ValueError(f"clients_full needs 1 <= clients_full <= n={n}, got {C_hat}")
-    if not 1 <= C <= n:
-        raise ValueError(f"clients_per_round needs 1 <= C <= n={n}, got {C}")
-    alpha = options.get("clip_alpha", 1.0)
-    alpha = None if alpha is None else float(alpha)
-    plus = bool(options.get("plus", False))
-    shared = bool(options.get("shared_data", False))
-    sampler = options.get("sampler", kernels.sample_without_replacement)
-    b = config.batch_size
-
-    if options.get("binary", False):
-        if config.model != "logistic_regression" or dataset.num_classes != 2:
-            raise ValueError("binary needs model logistic_regression on two-class data")
-        problem = _binary_problem(dataset, config.l2)
-    loss_fn = problem.loss
-    num_classes = dataset.num_classes
-
-    x_train_np, y_train_np = np.asarray(dataset.x_train), np.asarray(dataset.y_train)
-    m = len(y_train_np)
-    x_train, y_train = jnp.asarray(x_train_np), jnp.asarray(y_train_np)
-    params_shape = jax.eval_shape(problem.init, jax.random.key(0))
-    d = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params_shape))
-    full_bits = float(
-        sum(int(np.prod(x.shape)) * 32 for x in jax.tree_util.tree_leaves(params_shape))
-    )
-
-    compressor = compression.make_compressor(config.compressor, **config.compressor_options)
-    local_size = m if shared else m / h
-    p = options.get("p")
-    p = default_p(config, local_size, d, compressor) if p is None else float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p needs 0 <= p <= 1, got {p}")
-
-    defence_c, _ = defence_for(config, C)
-    defence_hat, _ = defence_for(config, C_hat)
-    mean_c = aggregators.mean(n=C)
-
-    shift_back = config.attack == SHIFT_BACK
-    if shift_back:
-        sb_options = attacks.options_for(config.attack, config.attack_options)
-        threshold = float(sb_options.pop("threshold", 0.5))
-        if sb_options:
-            raise ValueError(f"unknown shift_back options {sorted(sb_options)}; valid: threshold")
-        attack = attacks.make_attack("none")
-    else:
-        attack = attacks.attack_of(config)
-    flipped_needed = nb > 0 and not shift_back and attack.needs_flipped_labels
-
+    config = setup.config
+    s = _settings(setup)
+    clients = _Clients(s, setup.dataset)
+    defence_c, _ = defence_for(config, s.C)
+    defence_hat, _ = defence_for(config, s.C_hat)
     suboptimality = suboptimality_of(
-        loss_fn, problem.init, x_train_np, y_train_np, f_star_of(options, config)
+        s.problem.loss,
+        s.problem.init,
+        np.asarray(setup.dataset.x_train),
+        np.asarray(setup.dataset.y_train),
+        f_star_of(dict(config.algorithm_options), config),
     )
-
-    def one_loss(params, xe, ye):
-        return loss_fn(params, (xe[None], ye[None]))
-
-    evaluate_splits = evaluator(problem, dataset)
+    evaluate_splits = evaluator(s.problem, setup.dataset)
 
     def evaluate(params):
         out = evaluate_splits(params)
         out["suboptimality"] = suboptimality(params)
         return out
 
-    # ---------------- honest computations
-    def weighted_grad(params, xs, ys, ws):
-        """Value and gradient of ``sum_e w_e loss_e`` (the exact mean of a padded row)."""
-
-        def total(p):
-            return jnp.sum(ws * jax.vmap(one_loss, in_axes=(None, 0, 0))(p, xs, ys))
-
-        return jax.value_and_grad(total)(params)
-
-    def data_row(workers):
-        """Good client whose data slot ``j`` uses (Byzantine ones borrow one)."""
-        return jnp.where(workers < h, workers, (workers - h) % h)
-
-    def full_gradients(params, workers, indices, sizes, flip):
-        """Each slot's full local gradient at ``params``: ``(losses, grads)``, ``S`` rows."""
-        size = workers.shape[0]
-        if shared:
-            y = flip_labels(y_train, num_classes) if flip else y_train
-            value, grad = jax.value_and_grad(loss_fn)(params, (x_train, y))
-            return jnp.broadcast_to(value, (size,)), tree.broadcast(grad, size)
-        rows = data_row(workers)
-        idx = indices[rows]  # (S, width)
-        width = idx.shape[1]
-        ws = (jnp.arange(width)[None] < sizes[rows][:, None]) / sizes[rows][:, None]
-        ys = flip_labels(y_train[idx], num_classes) if flip else y_train[idx]
-        return jax.vmap(weighted_grad, in_axes=(None, 0, 0, 0))(
-            params, x_train[idx], ys, ws.astype(jnp.float32)
-        )
-
-    def batches(key, workers, indices, sizes):
-        size = workers.shape[0]
-        if shared:
-            return jax.random.randint(key, (size, b), 0, m)
-        rows = data_row(workers)
-        return sample_batches(key, indices[rows], sizes[rows], b)
-
-    def differences(x_new, x_old, idx, flip):
-        """``grad f(x_new; B_j) - grad f(x_old; B_j)``, the same batch ``B_j`` at both points."""
-        ys = flip_labels(y_train[idx], num_classes) if flip else y_train[idx]
-        xs = x_train[idx]
-
-        def one(xb, yb):
-            value, g_new = jax.value_and_grad(loss_fn)(x_new, (xb, yb))
-            g_old = jax.grad(loss_fn)(x_old, (xb, yb))
-            return value, tree.sub(g_new, g_old)
-
-        return jax.vmap(one)(xs, ys)
-
-    def honest_sizes(workers, sizes):
-        """Examples held by each slot's client (``m`` with shared data)."""
-        if shared:
-            return jnp.full(workers.shape, float(m))
-        return sizes[data_row(workers)].astype(jnp.float32)
-
-    def total_honest_examples(sizes):
-        return jnp.float32(h * m) if shared else jnp.sum(sizes).astype(jnp.float32)
-
-    # ---------------- Byzantine vectors
-    b_att = {size: max(1, min(size, round(size * nb / n))) for size in {C, C_hat}}
-
-    def attacked_round(would_send, flipped, is_byz, key, attack_state, aggregate, shift_vector):
-        """Byzantine slots replaced, then the defence.
-
-        Returns ``(aggregate, defence_state, received, attack_state, fired)``;
-        ``aggregate(received) -> (aggregate, defence_state)`` is the round's defence.
-        """
-        size = is_byz.shape[0]
-        if nb == 0 or shift_back:
-            fired = jnp.zeros((), bool)
-            received = would_send
-            if nb > 0:  # shift-back: every sampled Byzantine client sends the same vector
-                fired = jnp.sum(is_byz) > threshold * size
-                vec = tree.broadcast(shift_vector, size)
-                received = tree.select_rows(is_byz & fired, vec, would_send)
-            return (*aggregate(received), received, attack_state, fired)
-        view = cyclic_honest_view(is_byz)
-        flipped_view = None if flipped is None else tree.rows(flipped, view)
-        count = b_att[size]
-        # The k-th sampled Byzantine slot takes attack vector k mod count.
-        rank = (jnp.cumsum(is_byz) - 1) % count
-
-        def assemble(byz_rows):
-            return tree.select_rows(is_byz, tree.rows(byz_rows, rank), would_send)
-
-        aggregated, defence_state, attack_state, received = robust_round(
-            tree.rows(would_send, view),
-            attack=attack,
-            attack_state=attack_state,
-            num_byzantine=count,
-            key=key,
-            aggregate=aggregate,
-            assemble=assemble,
-            flipped=flipped_view,
-        )
-        return aggregated, defence_state, received, attack_state, jnp.any(is_byz)
-
-    def round_metrics(aggregate, received, good, losses):
-        """``(train_loss, distance_to_honest_mean, mean_honest_norm, aggregate_norm)``."""
-        honest_mean = masked_mean(good, received)
-        norms = kernels.worker_norms(received)
-        count = jnp.sum(good)
-        mean_norm = jnp.sum(jnp.where(good, norms, 0.0)) / jnp.maximum(count, 1)
-        # 0 (not NaN) in a round without a good client: the simulator averages rounds.
-        distance = jnp.where(count > 0, tree_norm(tree.sub(aggregate, honest_mean)), 0.0)
-        return (
-            jnp.mean(losses).astype(jnp.float32),
-            distance.astype(jnp.float32),
-            jnp.where(count > 0, mean_norm, 0.0).astype(jnp.float32),
-            tree_norm(aggregate).astype(jnp.float32),
-        )
-
-    # ---------------- init and step
     def init(key, indices, sizes, hyper: Hyper) -> MarinaPPState:
         key, init_key = jax.random.split(key)
-        params = problem.init(init_key)
-        if init_mode == "gradient":
-            workers = jnp.arange(h)
-            _, grads = full_gradients(
-                params, workers[:1] if shared else workers, indices, sizes, False
+        params = s.problem.init(init_key)
+        if s.init_mode == "gradient":
+            workers = jnp.arange(s.h)
+            _, grads = clients.full_gradients(
+                params, workers[:1] if s.shared else workers, indices, sizes, False
             )
             g0 = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), grads)
             epochs0 = jnp.float32(1.0)
@@ -832,7 +977,7 @@ def build(setup: Setup) -> Algorithm:
             params,
             defence_c.init(params),
             defence_hat.init(params),
-            attack.init(params),
+            s.attack.init(params),
             jnp.zeros((), jnp.int32),
             epochs0,
             key,
@@ -842,88 +987,10 @@ def build(setup: Setup) -> Algorithm:
         key, coin_key, sample_key, batch_key, comp_key, att_key, def_key = jax.random.split(
             state.key, 7
         )
+        keys = _RoundKeys(sample_key, batch_key, comp_key, att_key, def_key)
         gamma = state.hyper.lr
-        x_old = state.params
-        x_new = tree.sub(x_old, jax.tree_util.tree_map(lambda g: gamma * g, state.g))
-        full = jax.random.bernoulli(coin_key, p)
-        total_examples = total_honest_examples(state.sizes)
-
-        def full_round(_):
-            workers = sampler(sample_key, n, C_hat).astype(jnp.int32)
-            is_byz = workers >= h
-            losses, would_send = full_gradients(x_new, workers, state.indices, state.sizes, False)
-            flipped = None
-            if flipped_needed:
-                _, flipped = full_gradients(x_new, workers, state.indices, state.sizes, True)
-
-            def aggregate_of(received):
-                return defence_hat.update(received, state.defence_full, x_new, key=def_key)
-
-            shift = (
-                shift_back_vector(x_new, state.x0, state.g, gamma, False) if shift_back else None
-            )
-            aggregate, defence_full, received, attack_state, fired = attacked_round(
-                would_send, flipped, is_byz, att_key, state.attack, aggregate_of, shift
-            )
-            good = ~is_byz
-            epochs = jnp.sum(jnp.where(good, honest_sizes(workers, state.sizes), 0.0))
-            bits = jnp.sum(good).astype(jnp.float32) * full_bits
-            return (
-                aggregate,
-                defence_full,
-                state.defence_sampled,
-                attack_state,
-                round_metrics(aggregate, received, good, losses),
-                epochs / total_examples,
-                bits,
-                fired,
-            )
-
-        def difference_round(_):
-            workers = sampler(sample_key, n, C).astype(jnp.int32)
-            is_byz = workers >= h
-            idx = batches(batch_key, workers, state.indices, state.sizes)
-            losses, deltas = differences(x_new, x_old, idx, False)
-            would_send, bits = compression.compress_workers(compressor, comp_key, deltas)
-            flipped = None
-            if flipped_needed:
-                _, flipped_deltas = differences(x_new, x_old, idx, True)
-                flipped, _ = compression.compress_workers(compressor, comp_key, flipped_deltas)
-            if alpha is None:
-
-                def clip(v):
-                    return v
-
-            else:
-                lam = alpha * tree_norm(tree.sub(x_new, x_old))
-
-                def clip(v):
-                    return functional.clip_to(v, lam)
-
-            def aggregate_of(received):
-                clipped = clip(received)
-                if plus:
-                    return mean_c.update(clipped, optax.EmptyState())[0], state.defence_sampled
-                return defence_c.update(clipped, state.defence_sampled, x_new, key=def_key)
-
-            shift = shift_back_vector(x_new, state.x0, state.g, gamma, True) if shift_back else None
-            aggregate, defence_sampled, received, attack_state, fired = attacked_round(
-                would_send, flipped, is_byz, att_key, state.attack, aggregate_of, shift
-            )
-            clipped = clip(received)
-            good = ~is_byz
-            epochs = jnp.sum(good).astype(jnp.float32) * 2.0 * b
-            return (
-                tree.add(state.g, aggregate),
-                state.defence_full,
-                defence_sampled,
-                attack_state,
-                round_metrics(aggregate, clipped, good, losses),
-                epochs / total_examples,
-                jnp.sum(jnp.where(good, bits, 0.0)),
-                fired,
-            )
-
+        x_new = tree.sub(state.params, jax.tree_util.tree_map(lambda g: gamma * g, state.g))
+        full = jax.random.bernoulli(coin_key, s.p)
         (
             g_new,
             defence_full,
@@ -933,8 +1000,11 @@ def build(setup: Setup) -> Algorithm:
             epochs_inc,
             bits,
             fired,
-        ) = _cond(full, full_round, difference_round)
-
+        ) = _cond(
+            full,
+            lambda _: _full_round(s, clients, defence_hat, state, x_new, keys),
+            lambda _: _difference_round(s, clients, defence_c, state, x_new, keys),
+        )
         epochs = state.epochs + epochs_inc
         metrics = MarinaPPMetrics(
             train_loss=train_loss,
