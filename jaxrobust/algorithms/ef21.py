@@ -401,11 +401,11 @@ def byz_ef21_sgdm(setup: Setup) -> Algorithm:
     >>> config = Config(
     ...     algorithm="byz_ef21_sgdm", model="logistic_regression",
     ...     compressor="top_k", compressor_options={"k": 10}, defence=("nnm", "median"),
-    ...     steps=2, eval_every=1, max_train=200,
+    ...     steps=2, eval_every=1, max_train=250,
     ... )
     >>> row = simulate(config).rows[-1]
     >>> row["step"], row["bits_sent"], row["epochs"]
-    (2, 4200.0, 2.5)
+    (2, 4200.0, 2.0)
     """
     return _build(setup, kind="ef21_sgdm")
 

@@ -27,6 +27,7 @@ from jaxrobust.core import registry
 
 __all__ = [
     "HETEROGENEITY",
+    "check_batch_size",
     "class_counts",
     "format_class_table",
     "partition",
@@ -518,6 +519,55 @@ def format_class_table(counts: np.ndarray) -> str:
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])])
+
+
+def check_batch_size(batch_size: int, parts: Sequence[np.ndarray]) -> int:
+    """Refuse a minibatch larger than every honest worker's data.
+
+    Minibatches are drawn with replacement (:func:`sample_batches`), so a
+    worker whose part is smaller than ``batch_size`` still trains (a skewed
+    split leaves some workers a few examples); but a ``batch_size`` above the
+    largest part repeats examples in every worker's batch, which is never
+    what a setting means (``--batch-size 100000`` on ``digits``).
+
+    Parameters
+    ----------
+    batch_size : int
+        Examples per worker and step (``Config.batch_size``).
+    parts : sequence of np.ndarray
+        The honest workers' parts of the training set (:func:`partition`).
+
+    Returns
+    -------
+    int
+        The bound: the number of examples of the largest part.
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` exceeds the largest part (``"batch_size needs 1 <=
+        batch_size <= ..., got batch_size=..."``, with the sizes of the parts).
+
+    Examples
+    --------
+    >>> parts = [np.arange(150), np.arange(150, 310)]
+    >>> check_batch_size(25, parts)
+    160
+    >>> check_batch_size(100000, parts)
+    Traceback (most recent call last):
+        ...
+    ValueError: batch_size needs 1 <= batch_size <= 160 (the most training examples an honest
+    worker holds: 2 workers hold 150 to 160 of 310), got batch_size=100000; lower --batch-size
+    """
+    sizes = [len(p) for p in parts]
+    bound = max(sizes, default=0)
+    if not 1 <= batch_size <= bound:
+        raise ValueError(
+            f"batch_size needs 1 <= batch_size <= {bound} (the most training examples an honest "
+            f"worker holds: {len(sizes)} workers hold {min(sizes, default=0)} to {bound} of "
+            f"{sum(sizes)}), got batch_size={batch_size}; lower --batch-size"
+        )
+    return bound
 
 
 def stack_partition(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
