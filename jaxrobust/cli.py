@@ -290,7 +290,7 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     try:
         load_plugins(getattr(args, "plugin", None) or [])  # before any name is read
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, MemoryError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, TypeError, MemoryError) as err:
         print(f"jaxrobust: error: {err}", file=sys.stderr)
         return 2
 

@@ -866,10 +866,7 @@ def title(table: WorstCaseTable) -> str:
     >>> title(worst_case_table(rows, reduce="max_then_mean"))
     '# Worst-case maximal test_accuracy: mean over seeds of per-seed maxima (max_then_mean)'
     """
-    return (
-        f"# Worst-case maximal {table.metric}: "
-        f"{REDUCTION_NAMES[table.reduce]} ({table.reduce})"
-    )
+    return f"# Worst-case maximal {table.metric}: {REDUCTION_NAMES[table.reduce]} ({table.reduce})"
 
 
 def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = None) -> str:
