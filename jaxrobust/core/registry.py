@@ -22,8 +22,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+import annotated_types
 
 __all__ = ["Entry", "Registry", "REGISTRIES", "check_defence", "register", "registry"]
 
@@ -118,6 +123,75 @@ class Entry:
             return set()
         return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
+    def ranges(self) -> dict[str, str]:
+        """The options' declared valid ranges or sets, as text (``"epsilon > 0"``).
+
+        An option declares them in the factory's signature, with
+        ``typing.Annotated`` and ``annotated_types`` bounds (``Ge``, ``Gt``,
+        ``Le``, ``Lt``), or as a ``typing.Literal`` set; ``| None`` allows None
+        (the option's documented default). :meth:`Registry.check_options`
+        checks them.
+
+        Returns
+        -------
+        dict of str to str
+            Option name to its range, for the options that declare one, in
+            signature order.
+
+        Examples
+        --------
+        >>> from typing import Annotated, Literal
+        >>> from annotated_types import Ge, Gt
+        >>> def rule(f, *, n=None, tau: Annotated[float, Gt(0)] = 1.0,
+        ...          mode: Literal["a", "b"] = "a", steps: Annotated[int, Ge(1)] | None = None):
+        ...     pass
+        >>> Entry("rule", rule, "").ranges()
+        {'tau': 'tau > 0', 'mode': "mode one of 'a', 'b'", 'steps': 'steps >= 1 or None'}
+        """
+        return {name: _range_text(name, *spec) for name, spec in self._declared().items()}
+
+    def _declared(self) -> dict[str, tuple[list[Any], tuple | None, bool, type | None]]:
+        """Option -> (bounds, literal set or None, None allowed, number type or None)."""
+        try:
+            hints = typing.get_type_hints(self.factory, include_extras=True)
+        except Exception:  # noqa: BLE001 - an unreadable annotation declares nothing
+            return {}
+        out = {}
+        for name in self.options():
+            if name not in hints:
+                continue
+            bounds, literal, allows_none, kind = _constraints(hints[name])
+            if bounds or literal is not None:
+                out[name] = (bounds, literal, allows_none, kind)
+        return out
+
+    def check_ranges(self, kind: str, options: Mapping[str, Any]) -> None:
+        """``ValueError`` naming the option, its value and its declared range, if outside it.
+
+        Examples
+        --------
+        >>> from typing import Annotated
+        >>> from annotated_types import Gt
+        >>> def rule(f, *, tau: Annotated[float, Gt(0)] = 1.0):
+        ...     pass
+        >>> Entry("rule", rule, "").check_ranges("aggregator", {"tau": -1.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: option tau=-1.0 of aggregator 'rule' is out of its range: tau > 0
+        """
+        for option, (bounds, literal, allows_none, number) in self._declared().items():
+            if option not in options:
+                continue
+            value = options[option]
+            if value is None and allows_none:
+                continue
+            if _within(value, bounds, literal, number):
+                continue
+            text = _range_text(option, bounds, literal, allows_none, number)
+            raise ValueError(
+                f"option {option}={value!r} of {kind} {self.name!r} is out of its range: {text}"
+            )
+
     def accepts_any(self) -> bool:
         """Whether the factory takes any keyword (``**kwargs``, or an unreadable signature).
 
@@ -137,6 +211,66 @@ class Entry:
         except (TypeError, ValueError):
             return True
         return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+_BOUNDS = {
+    annotated_types.Ge: (">=", "ge"),
+    annotated_types.Gt: (">", "gt"),
+    annotated_types.Le: ("<=", "le"),
+    annotated_types.Lt: ("<", "lt"),
+}
+
+
+def _constraints(hint: Any) -> tuple[list[Any], tuple | None, bool, type | None]:
+    """An annotation's bounds, Literal set, whether it allows None and its number type."""
+    bounds: list[Any] = []
+    literal, allows_none, number = None, False, None
+    parts = [hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = list(typing.get_args(hint))
+    for part in parts:
+        if part is type(None):
+            allows_none = True
+            continue
+        if typing.get_origin(part) is typing.Annotated:
+            base, *metadata = typing.get_args(part)
+            bounds += [m for m in metadata if type(m) in _BOUNDS]
+            part = base
+        if typing.get_origin(part) is typing.Literal:
+            literal = typing.get_args(part)
+        elif part in (int, float):
+            number = float if number is float or part is float else int
+    return bounds, literal, allows_none, number
+
+
+def _within(value: Any, bounds: list[Any], literal: tuple | None, number: type | None) -> bool:
+    if literal is not None:
+        return value in literal
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if number is int and not float(value).is_integer():
+        return False
+    for bound in bounds:
+        op, attr = _BOUNDS[type(bound)]
+        limit = getattr(bound, attr)
+        if not {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[
+            op
+        ]:
+            return False
+    return True
+
+
+def _range_text(
+    name: str, bounds: list[Any], literal: tuple | None, allows_none: bool, number: type | None
+) -> str:
+    if literal is not None:
+        text = f"{name} one of {', '.join(map(repr, literal))}"
+    else:
+        parts = [f"{name} {_BOUNDS[type(b)][0]} {getattr(b, _BOUNDS[type(b)][1])}" for b in bounds]
+        text = " and ".join(parts) or name
+        if number is int:
+            text += " (an int)" if not parts else ""
+    return text + (" or None" if allows_none else "")
 
 
 def _first_line(obj: Any) -> str:
@@ -360,6 +494,7 @@ class Registry(Mapping[str, Callable[..., Any]]):
                 f"unknown option(s) {', '.join(unknown)} for {self.kind} {name!r}; "
                 f"valid options (with defaults): {listed}"
             )
+        entry.check_ranges(self.kind, options)
         return options
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
