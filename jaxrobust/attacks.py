@@ -21,11 +21,10 @@ from collections.abc import Callable
 from statistics import NormalDist
 from typing import Annotated, Any, Literal, NamedTuple
 
-from annotated_types import Ge, Gt
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from annotated_types import Ge, Gt
 
 from jaxrobust import kernels
 from jaxrobust.core import registry
