@@ -139,6 +139,9 @@ def check(name: str, case) -> None:
         assert np.isfinite(finite).all(), f"{name}: non-finite output with bad rows {bad}"
     if rule.permutation == "none":
         return
+    if "krum" in name and n - f - 2 <= 1:
+        # each score is one distance: the closest pair ties by construction (index breaks it)
+        return
     shuffled = jax.tree_util.tree_map(lambda leaf: leaf[perm], tree)
     got = as_flat(rule, jitted(name, n, f)(shuffled))
     want = out[perm] if rule.permutation == "equivariant" else out
