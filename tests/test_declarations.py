@@ -17,7 +17,7 @@ import pytest
 
 from jaxrobust.config import COMPONENTS, Config, ConfigError, Registered, Rules, default_of
 from jaxrobust.core import REGISTRIES, registry
-from jaxrobust.core.registry import _constraints
+from jaxrobust.core.registry import _constraints, _within
 
 OPS = {
     annotated_types.Ge: ("ge", ">="),
@@ -119,31 +119,42 @@ def option_cases():
     cases = []
     for kind, reg in REGISTRIES.items():
         for entry in reg.entries():
-            for option, (bounds, literal, _, number) in entry._declared().items():
+            for option, (alternatives, _) in entry._declared().items():
                 ident = f"{kind}-{entry.name}-{option}"
-                if literal is not None:
-                    allowed = ", ".join(map(repr, literal))
-                    cases.append(
-                        pytest.param(kind, entry.name, option, "no_such_choice", allowed,
-                                     literal[0], id=ident)
-                    )  # fmt: skip
-                for bound in bounds:
-                    value, allowed = outside(bound, number or float)
-                    cases.append(
-                        pytest.param(kind, entry.name, option, value, f"{option} {allowed}",
-                                     inclusive(bound), id=f"{ident}{allowed}")
-                    )  # fmt: skip
+                for bounds, literal, number in alternatives:
+                    if literal is not None:
+                        allowed = ", ".join(map(repr, literal))
+                        cases.append(
+                            pytest.param(kind, entry.name, option, "no_such_choice", allowed,
+                                         literal[0], id=ident)
+                        )  # fmt: skip
+                    for bound in bounds:
+                        value, allowed = outside(bound, number or float)
+                        if any(_within(value, *other) for other in alternatives):
+                            continue  # inside another alternative (an int K, a fraction K)
+                        cases.append(
+                            pytest.param(kind, entry.name, option, value, f"{option} {allowed}",
+                                         inclusive(bound), id=f"{ident}{allowed}")
+                        )  # fmt: skip
     return cases
 
 
-def test_declared_options_exist():
-    """The attacks declare every numeric or choice option (the generated cases are not empty)."""
-    attacks = registry("attack")
-    for entry in attacks.entries():
-        for option, default in entry.options().items():
-            if isinstance(default, (int, float, str)) or option == "z":
-                assert option in entry.ranges(), f"attack {entry.name!r}: {option} undeclared"
-    assert len(option_cases()) >= 11
+#: Options without a range to declare: PRNG seeds or keys, a testing hook, and the
+#: arguments a heterogeneity scheme receives from the run.
+UNRANGED = {"key", "sampler", "labels", "num_workers", "rng"}
+#: The kinds whose options a configuration sets (COMPONENTS' options, defence_options).
+CONFIGURED = ("attack", "compressor", "algorithm", "heterogeneity", "aggregator", "preaggregator")
+
+
+@pytest.mark.parametrize("kind", CONFIGURED)
+def test_every_configurable_option_declares_a_range_or_set(kind):
+    missing = [
+        f"{entry.name}.{option}"
+        for entry in registry(kind).entries()
+        for option in entry.options()
+        if option not in UNRANGED and option not in entry.ranges()
+    ]
+    assert not missing, f"{kind} options without a declared range or set: {missing}"
 
 
 @pytest.mark.parametrize("kind, name, option, value, allowed, boundary", option_cases())
@@ -158,9 +169,10 @@ def test_every_component_option_refuses_a_value_outside_its_declaration(
     assert allowed in message, message
     if boundary is not None:
         assert reg.check_options(name, {option: boundary}) == {option: boundary}
-    # the default is inside its own declaration
+    # the default is inside its own declaration (a required option has none)
     default = reg.entry(name).options()[option]
-    reg.check_options(name, {option: default})
+    if default is not None or reg.entry(name)._declared()[option][1]:
+        reg.check_options(name, {option: default})
 
 
 @pytest.mark.parametrize(
@@ -189,9 +201,17 @@ def test_attack_option_from_a_config_names_field_value_and_range():
     Config(attack="alie", attack_options={"z": None}).validate()
 
 
-def test_constraints_read_optional_and_literal_annotations():
+def test_constraints_read_optional_literal_and_alternative_annotations():
     hint = typing.Annotated[float, annotated_types.Ge(0)] | None
-    bounds, literal, allows_none, number = _constraints(hint)
-    assert [type(b) for b in bounds] == [annotated_types.Ge] and allows_none
-    assert literal is None and number is float
-    assert _constraints(typing.Literal["a", "b"])[1] == ("a", "b")
+    alternatives, allows_none = _constraints(hint)
+    assert allows_none and len(alternatives) == 1
+    ((bounds, literal, number),) = alternatives
+    assert [type(b) for b in bounds] == [annotated_types.Ge] and literal is None and number is float
+    assert _constraints(typing.Literal["a", "b"])[0] == [([], ("a", "b"), None)]
+    k = registry("compressor").entry("top_k")
+    assert k.ranges() == {"k": "an int k >= 1 or a float k > 0 and k <= 1"}
+    for good in (1, 7, 0.25, 1.0):
+        registry("compressor").check_options("top_k", {"k": good})
+    for bad in (0, 1.5, 0.0, True, "3"):
+        with pytest.raises(ValueError, match="out of its range: an int k >= 1 or a float"):
+            registry("compressor").check_options("top_k", {"k": bad})

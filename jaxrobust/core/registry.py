@@ -150,19 +150,28 @@ class Entry:
         """
         return {name: _range_text(name, *spec) for name, spec in self._declared().items()}
 
-    def _declared(self) -> dict[str, tuple[list[Any], tuple | None, bool, type | None]]:
-        """Option -> (bounds, literal set or None, None allowed, number type or None)."""
-        try:
-            hints = typing.get_type_hints(self.factory, include_extras=True)
-        except Exception:  # noqa: BLE001 - an unreadable annotation declares nothing
-            return {}
+    def _declared(self) -> dict[str, tuple[list[tuple], bool]]:
+        """Option -> (alternatives, None allowed); an alternative is (bounds, literal, number).
+
+        The hints are the factory's signature annotations, or its
+        ``option_types`` mapping (option -> annotation) where it declares its
+        options in an ``options`` mapping.
+        """
+        declared = getattr(self.factory, "option_types", None)
+        if isinstance(declared, Mapping):
+            hints = dict(declared)
+        else:
+            try:
+                hints = typing.get_type_hints(self.factory, include_extras=True)
+            except Exception:  # noqa: BLE001 - an unreadable annotation declares nothing
+                return {}
         out = {}
         for name in self.options():
             if name not in hints:
                 continue
-            bounds, literal, allows_none, kind = _constraints(hints[name])
-            if bounds or literal is not None:
-                out[name] = (bounds, literal, allows_none, kind)
+            alternatives, allows_none = _constraints(hints[name])
+            if any(bounds or literal is not None for bounds, literal, _ in alternatives):
+                out[name] = (alternatives, allows_none)
         return out
 
     def check_ranges(self, kind: str, options: Mapping[str, Any]) -> None:
@@ -179,15 +188,15 @@ class Entry:
         ...
         ValueError: option tau=-1.0 of aggregator 'rule' is out of its range: tau > 0
         """
-        for option, (bounds, literal, allows_none, number) in self._declared().items():
+        for option, (alternatives, allows_none) in self._declared().items():
             if option not in options:
                 continue
             value = options[option]
             if value is None and allows_none:
                 continue
-            if _within(value, bounds, literal, number):
+            if any(_within(value, *alternative) for alternative in alternatives):
                 continue
-            text = _range_text(option, bounds, literal, allows_none, number)
+            text = _range_text(option, alternatives, allows_none)
             raise ValueError(
                 f"option {option}={value!r} of {kind} {self.name!r} is out of its range: {text}"
             )
@@ -221,10 +230,11 @@ _BOUNDS = {
 }
 
 
-def _constraints(hint: Any) -> tuple[list[Any], tuple | None, bool, type | None]:
-    """An annotation's bounds, Literal set, whether it allows None and its number type."""
-    bounds: list[Any] = []
-    literal, allows_none, number = None, False, None
+def _constraints(hint: Any) -> tuple[list[tuple], bool]:
+    """An annotation's alternatives (bounds, Literal set, number type) and whether None is
+    allowed: ``Annotated[int, Ge(1)] | Annotated[float, Gt(0), Le(1)]`` has two."""
+    alternatives: list[tuple] = []
+    allows_none = False
     parts = [hint]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         parts = list(typing.get_args(hint))
@@ -232,45 +242,56 @@ def _constraints(hint: Any) -> tuple[list[Any], tuple | None, bool, type | None]
         if part is type(None):
             allows_none = True
             continue
+        bounds: list[Any] = []
         if typing.get_origin(part) is typing.Annotated:
             base, *metadata = typing.get_args(part)
-            bounds += [m for m in metadata if type(m) in _BOUNDS]
+            bounds = [m for m in metadata if type(m) in _BOUNDS]
             part = base
         if typing.get_origin(part) is typing.Literal:
-            literal = typing.get_args(part)
+            alternatives.append(([], typing.get_args(part), None))
         elif part in (int, float):
-            number = float if number is float or part is float else int
-    return bounds, literal, allows_none, number
+            alternatives.append((bounds, None, part))
+        elif part is bool:
+            alternatives.append(([], (False, True), None))
+        else:
+            alternatives.append((bounds, None, None))
+    return alternatives, allows_none
 
 
 def _within(value: Any, bounds: list[Any], literal: tuple | None, number: type | None) -> bool:
     if literal is not None:
-        return value in literal
+        return any(value == choice and type(value) is type(choice) for choice in literal)
+    if number is None and not bounds:
+        return True  # a type without a declared range (e.g. a callable)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     if number is int and not float(value).is_integer():
         return False
-    for bound in bounds:
-        op, attr = _BOUNDS[type(bound)]
-        limit = getattr(bound, attr)
-        if not {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[
-            op
-        ]:
-            return False
-    return True
+    if number is int and isinstance(value, float):
+        return False
+    checks = {
+        ">=": lambda limit: value >= limit,
+        ">": lambda limit: value > limit,
+        "<=": lambda limit: value <= limit,
+        "<": lambda limit: value < limit,
+    }
+    return all(checks[_BOUNDS[type(b)][0]](getattr(b, _BOUNDS[type(b)][1])) for b in bounds)
 
 
-def _range_text(
-    name: str, bounds: list[Any], literal: tuple | None, allows_none: bool, number: type | None
-) -> str:
-    if literal is not None:
-        text = f"{name} one of {', '.join(map(repr, literal))}"
-    else:
+def _range_text(name: str, alternatives: list[tuple], allows_none: bool) -> str:
+    texts = []
+    for bounds, literal, number in alternatives:
+        if literal is not None:
+            texts.append(f"{name} one of {', '.join(map(repr, literal))}")
+            continue
         parts = [f"{name} {_BOUNDS[type(b)][0]} {getattr(b, _BOUNDS[type(b)][1])}" for b in bounds]
         text = " and ".join(parts) or name
-        if number is int:
-            text += " (an int)" if not parts else ""
-    return text + (" or None" if allows_none else "")
+        if number is int and len(alternatives) > 1:
+            text = f"an int {text}"
+        elif number is float and len(alternatives) > 1:
+            text = f"a float {text}"
+        texts.append(text)
+    return " or ".join(texts) + (" or None" if allows_none else "")
 
 
 def _first_line(obj: Any) -> str:

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from annotated_types import Ge, Gt, Le
 
 from jaxrobust.core import registry
 
@@ -72,7 +74,10 @@ def iid(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[
 
 @HETEROGENEITY.register("dirichlet")
 def dirichlet(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, alpha: float = 1.0
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    alpha: Annotated[float, Gt(0)] = 1.0,
 ) -> list[np.ndarray]:
     """Per-class proportions drawn from Dir(alpha); no worker left empty.
 
@@ -123,7 +128,10 @@ def dirichlet(
 
 @HETEROGENEITY.register("gamma_similarity")
 def gamma_similarity(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, gamma: float = 0.5
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    gamma: Annotated[float, Ge(0), Le(1)] = 0.5,
 ) -> list[np.ndarray]:
     """A fraction gamma split iid, the rest sorted by label into contiguous chunks.
 
@@ -205,7 +213,10 @@ def extreme(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> l
 
 @HETEROGENEITY.register("shards")
 def shards(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, shards_per_worker: int = 2
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    shards_per_worker: Annotated[int, Ge(1)] = 2,
 ) -> list[np.ndarray]:
     """Sorted by label, cut into shards; each worker gets ``shards_per_worker`` at random.
 
