@@ -302,7 +302,7 @@ def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown option\(s\) beta for algorithm 'byz_ef21_sgdm'"):
         build(algorithm="byz_ef21_sgdm", algorithm_options={"beta": 0.5})
     # refused with the config, naming the declared set
-    with pytest.raises(ValueError, match=r"init='ones' .* out of its range: init one of 'gradient'"):
+    with pytest.raises(ValueError, match=r"init='ones' .* range: init one of 'gradient'"):
         build(algorithm="byz_ef21_sgdm", algorithm_options={"init": "ones"})
     with pytest.raises(ValueError, match="full participation"):
         build(algorithm="br_csgd", clients_per_round=3)

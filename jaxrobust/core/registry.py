@@ -490,7 +490,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         ------
         ValueError
             Unknown ``name`` (see :meth:`entry`), or an option the factory does
-            not take: the message lists the valid options with their defaults.
+            not take: the message lists the valid options with their defaults;
+            or a value outside the option's declared range or set
+            (:meth:`Entry.ranges`): the message names the option, the value
+            and the range.
 
         Examples
         --------
@@ -502,6 +505,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         Traceback (most recent call last):
         ...
         ValueError: unknown option(s) hue for colour 'red'; valid options (with defaults): shade=1.0
+        >>> registry("attack").check_options("ipm", {"epsilon": -0.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: option epsilon=-0.5 of attack 'ipm' is out of its range: epsilon > 0
         """
         entry = self.entry(name)
         options = dict(options)
