@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from statistics import NormalDist
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from annotated_types import Ge, Gt
 
 from jaxrobust import kernels
 from jaxrobust.core import registry
@@ -320,7 +321,7 @@ def sign_flip() -> Attack:
     )
 
 
-def ipm(epsilon: float = 0.1) -> Attack:
+def ipm(epsilon: Annotated[float, Gt(0)] = 0.1) -> Attack:
     """IPM, inner product manipulation (Xie et al., 2020): ``-epsilon * mu``.
 
     Parameters
@@ -364,7 +365,7 @@ def ipm(epsilon: float = 0.1) -> Attack:
     )
 
 
-def foe(tau: float = 1.1) -> Attack:
+def foe(tau: Annotated[float, Ge(0)] = 1.1) -> Attack:
     """FOE, fall of empires: ``(1 - tau) * mu`` (IPM with ``epsilon = tau - 1``).
 
     Parameters
@@ -437,7 +438,7 @@ def alie_z(n: int, f: int) -> float:
     return NormalDist().inv_cdf((n - s) / n)
 
 
-def alie(z: float | None = None) -> Attack:
+def alie(z: Annotated[float, Ge(0)] | None = None) -> Attack:
     """ALIE, a little is enough: ``mu - z * sigma``; default ``z`` from ``n`` and ``f``.
 
     ``sigma`` is :func:`honest_std`; the default ``z`` is :func:`alie_z` of
@@ -490,7 +491,7 @@ def alie(z: float | None = None) -> Attack:
     return Attack("alie", _stateless(fn))
 
 
-def gaussian(sigma: float = 200.0) -> Attack:
+def gaussian(sigma: Annotated[float, Ge(0)] = 200.0) -> Attack:
     """Every Byzantine worker sends its own draw of ``N(0, sigma^2 I)``.
 
     The draws come from ``inputs.key``, one key per leaf.
@@ -686,7 +687,7 @@ def _min_max_sum(kind: str, direction: str) -> Attack:
     return Attack(kind, _stateless(fn))
 
 
-def min_max(direction: str = "std") -> Attack:
+def min_max(direction: Literal["std", "unit", "sign"] = "std") -> Attack:
     """MinMax: the largest ``gamma`` keeping the max distance to honest vectors within theirs.
 
     Sends ``mu + gamma p`` with the largest ``gamma >= 0`` such that
@@ -727,7 +728,7 @@ def min_max(direction: str = "std") -> Attack:
     return _min_max_sum("min_max", _check_direction(direction))
 
 
-def min_sum(direction: str = "std") -> Attack:
+def min_sum(direction: Literal["std", "unit", "sign"] = "std") -> Attack:
     """MinSum: the largest ``gamma`` keeping summed squared distances within the honest maximum.
 
     Sends ``mu + gamma p`` with the largest ``gamma >= 0`` such that
@@ -777,7 +778,7 @@ class MimicState(NamedTuple):
     target: Array
 
 
-def mimic(warmup: int = 100) -> Attack:
+def mimic(warmup: Annotated[int, Ge(0)] = 100) -> Attack:
     """Mimic: every Byzantine worker copies one honest worker's vector.
 
     During ``warmup`` steps the direction ``z`` of largest variance of the
@@ -906,7 +907,9 @@ def _aggregator_aware(name: str, vector: Callable[[PyTree, PyTree, Array], PyTre
     return Attack(name, _stateless(fn), needs_defence=True)
 
 
-def alie_aware(max_z: float = 10.0, points: int = 16) -> Attack:
+def alie_aware(
+    max_z: Annotated[float, Gt(0)] = 10.0, points: Annotated[int, Ge(1)] = 16
+) -> Attack:
     """Aggregator-aware ALIE: ``mu - z sigma``, ``z`` in ``[0, max_z]`` maximising the damage.
 
     The damage of ``z`` is ``||F(pre(honest + b copies)) - mu||`` for the
@@ -954,7 +957,9 @@ def alie_aware(max_z: float = 10.0, points: int = 16) -> Attack:
     )
 
 
-def ipm_aware(max_epsilon: float = 10.0, points: int = 16) -> Attack:
+def ipm_aware(
+    max_epsilon: Annotated[float, Gt(0)] = 10.0, points: Annotated[int, Ge(1)] = 16
+) -> Attack:
     """Aggregator-aware IPM / FOE: ``-epsilon mu`` with ``epsilon`` in ``[0, max_epsilon]``.
 
     ``epsilon`` maximises the damage as in :func:`alie_aware`.

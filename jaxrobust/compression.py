@@ -48,11 +48,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from annotated_types import Ge, Gt, Le
 from jax import lax
 
 from jaxrobust import kernels
@@ -256,7 +257,11 @@ def identity() -> Compressor:
     return Compressor("identity", compress, unbiased=True, omega=omega)
 
 
-def rand_k(k: int | float) -> Compressor:
+#: K of RandK and TopK: an int >= 1, or a fraction of d in (0, 1].
+K = Annotated[int, Ge(1)] | Annotated[float, Gt(0), Le(1)]
+
+
+def rand_k(k: K) -> Compressor:
     """RandK sparsification: keep ``K`` uniformly random coordinates, scaled by ``d/K``.
 
     ``C(x) = (d/K) sum_{i in S} x_i e_i`` with ``S`` a uniformly random
@@ -322,7 +327,7 @@ def rand_k(k: int | float) -> Compressor:
     return Compressor("rand_k", compress, unbiased=True, omega=omega, params=(("k", k),))
 
 
-def top_k(k: int | float) -> Compressor:
+def top_k(k: K) -> Compressor:
     """TopK sparsification: keep the ``K`` coordinates of largest magnitude, unscaled.
 
     Over the whole pytree (ties go to the lower flat index, as in
@@ -398,7 +403,7 @@ def top_k(k: int | float) -> Compressor:
     return Compressor("top_k", compress, unbiased=False, omega=omega, params=(("k", k),))
 
 
-def random_dithering(levels: int) -> Compressor:
+def random_dithering(levels: Annotated[int, Ge(1)]) -> Compressor:
     """Random dithering (l2 quantisation, QSGD) with ``s = levels`` levels.
 
     ``C(x)_i = ||x||_2 sign(x_i) xi_i / s`` where, with

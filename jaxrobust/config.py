@@ -400,11 +400,24 @@ class Config(BaseModel):
                 f"local_steps > 1 is an option of algorithm {', '.join(local)}, "
                 f"got algorithm={self.algorithm!r}"
             )
+        checks = {
+            "attack_options": self._check_attack_options,
+            "compressor_options": lambda: registry("compressor").check_options(
+                self.compressor, self.compressor_options
+            ),
+            "algorithm_options": lambda: registry("algorithm").check_options(
+                self.algorithm, self.algorithm_options
+            ),
+            "heterogeneity_options": lambda: registry("heterogeneity").check_options(
+                self.heterogeneity, self.heterogeneity_options
+            ),
+        }
+        for field, check in checks.items():
+            try:
+                check()
+            except ValueError as err:  # named: the field, its value, then what is allowed
+                raise ConfigError(f"{field}={getattr(self, field)!r}: {err}") from None
         try:
-            self._check_attack_options()
-            registry("compressor").check_options(self.compressor, self.compressor_options)
-            registry("algorithm").check_options(self.algorithm, self.algorithm_options)
-            registry("heterogeneity").check_options(self.heterogeneity, self.heterogeneity_options)
             importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
         except ValueError as err:
             raise ConfigError(str(err)) from None

@@ -4,8 +4,16 @@ import sys
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Property tests run the same cases on every run and machine: derandomized, no
+# example database written or read, no per-example deadline (the first example of
+# a shape compiles). HYPOTHESIS_PROFILE=explore draws fresh random cases locally.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_addoption(parser):

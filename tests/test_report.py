@@ -95,13 +95,13 @@ def test_runs_short_of_the_last_step_are_left_out(tmp_path):
         rows, _ = report.load_runs(directory)
     assert len(rows) == 16 and {r["seed"] for r in rows} == {0, 1}
     (result,) = report.worst_case_table(rows).rows
-    assert result.worst_case == pytest.approx(0.65)
+    assert result.worst_case == pytest.approx(0.55)  # alie's mean curve [0.55, 0.55]
     assert len(report.load_runs(directory, complete_only=False)[0]) == 17
 
 
 def test_worst_case_is_max_over_steps_mean_over_seeds_min_over_attacks(known_dir):
     rows, _ = report.load_runs(known_dir)
-    table = report.worst_case_table(rows)
+    table = report.worst_case_table(rows, reduce="max_then_mean")
     assert table.selected_on == "validation_accuracy" and not table.notes
     assert table.hyperparameter_fields == ["lr"] and table.attacks == ["sign_flip", "alie"]
     (result,) = table.rows
@@ -133,7 +133,7 @@ def test_selection_on_test_would_choose_otherwise(known_dir):
     # without selection, every lr is its own setting
     table = report.worst_case_table(rows, hyperparameters=())
     assert [r.setting["lr"] for r in table.rows] == [0.1, 0.5]
-    assert [r.worst_case for r in table.rows] == pytest.approx([0.65, 0.85])
+    assert [r.worst_case for r in table.rows] == pytest.approx([0.55, 0.85])
 
 
 def test_nan_validation_falls_back_to_the_test_metric(tmp_path):
@@ -160,8 +160,11 @@ def test_loss_metric_is_minimised(known_dir):
         row["test_loss"] = 1.0 - row["test_accuracy"]
     (result,) = report.worst_case_table(rows, metric="test_loss").rows
     assert result.hyperparameters == {"lr": 0.1}  # still chosen on validation accuracy
-    assert result.per_attack == pytest.approx({"sign_flip": 0.25, "alie": 0.35})
-    assert result.worst_case == pytest.approx(0.35) and result.worst_attack == "alie"
+    # the lowest point of the mean loss curves: sign_flip [0.35, 0.35], alie [0.45, 0.45]
+    assert result.per_attack == pytest.approx({"sign_flip": 0.35, "alie": 0.45})
+    assert result.worst_case == pytest.approx(0.45) and result.worst_attack == "alie"
+    (other,) = report.worst_case_table(rows, metric="test_loss", reduce="max_then_mean").rows
+    assert other.per_attack == pytest.approx({"sign_flip": 0.25, "alie": 0.35})
     with pytest.raises(ValueError, match="unknown metric"):
         report.worst_case_table(rows, metric="bogus")
 
@@ -275,8 +278,8 @@ def test_attack_outside_the_grid(tmp_path):
     table = report.worst_case_table(loaded)
     assert table.attacks == ["alie"]
     (result,) = table.rows
-    # validation worst: lr 0.1 -> 0.7, lr 0.5 -> 0.6 (seed maxima 0.6, 0.6)
-    assert result.hyperparameters == {"lr": 0.1} and result.worst_case == pytest.approx(0.65)
+    # validation worst: lr 0.1 -> 0.7, lr 0.5 -> 0.6 (mean curve [0.55, 0.6])
+    assert result.hyperparameters == {"lr": 0.1} and result.worst_case == pytest.approx(0.55)
 
 
 def test_cli_report(known_dir, tmp_path, capsys):
@@ -284,7 +287,7 @@ def test_cli_report(known_dir, tmp_path, capsys):
     assert cli.main(["report", str(known_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| sign_flip | alie | worst case | worst attack | lr |" in printed
-    assert "**0.6500**" in printed
+    assert "**0.5500**" in printed  # the maximum of the mean curve, the default
     assert str(out / "worst_case.csv") in printed and (out / "curves.png").exists()
     assert cli.main(["report", str(known_dir), "--metric", "test_loss"]) == 0
     assert "Worst-case maximal test_loss" in capsys.readouterr().out
@@ -472,3 +475,48 @@ def test_cli_run_progress_bar(monkeypatch, capsys):
     err = captured.err
     assert "run:  50%" in err and "5/10" in err and "test accuracy 0.5000" in err
     assert "10/10" in err and "test accuracy 0.7500" in err and err.endswith("\n")
+
+
+def test_default_is_the_max_of_the_mean_curve_as_the_arc_authors(tmp_path, capsys):
+    """The ARC authors' worst case (ByzFL's evaluate_results.py): the mean accuracy curve
+    over seeds, then its maximum over steps; the mean of per-seed maxima is the option
+    ``--reduce max-then-mean``. Hand-made runs where the seeds peak at different steps."""
+    # attack -> accuracy[seed, step]; every seed peaks at its own step
+    curves = {
+        "sign_flip": np.array([[0.9, 0.3, 0.3], [0.3, 0.9, 0.3], [0.3, 0.3, 0.9]]),
+        "alie": np.array([[0.6, 0.7, 0.5], [0.7, 0.6, 0.5], [0.65, 0.65, 0.6]]),
+    }
+    steps = (10, 20, 30)
+    rows = [
+        {"attack": a, "seed": s, "step": t, "test_accuracy": acc[s, i]}
+        for a, acc in curves.items()
+        for s in range(acc.shape[0])
+        for i, t in enumerate(steps)
+    ]
+    directory = write_sweep(
+        tmp_path / "sweep", {"attack": list(curves)}, rows, steps=30, seeds=3, validation=0
+    )
+    # float64 references, computed here without pandas
+    mean_curve = {a: float(np.max(np.mean(acc, axis=0))) for a, acc in curves.items()}
+    seed_maxima = {a: float(np.mean(np.max(acc, axis=1))) for a, acc in curves.items()}
+    assert mean_curve == pytest.approx({"sign_flip": 0.5, "alie": 0.65})
+    assert seed_maxima == pytest.approx({"sign_flip": 0.9, "alie": 2.05 / 3})
+    for flag, expected, title in (
+        ([], mean_curve, "max of the mean curve over seeds (mean_then_max)"),
+        (["--reduce", "mean-then-max"], mean_curve, "(mean_then_max)"),
+        (["--reduce", "max-then-mean"], seed_maxima, "mean over seeds of per-seed maxima"),
+    ):
+        out = tmp_path / ("out" + "".join(flag))
+        assert cli.main(["report", str(directory), "--out", str(out), *flag]) == 0
+        printed = capsys.readouterr().out
+        header = printed.splitlines()[0]
+        assert header.startswith("# Worst-case maximal test_accuracy") and title in header
+        with open(out / "worst_case.csv", newline="") as fh:
+            (record,) = list(csv.DictReader(fh))
+        for attack, value in expected.items():
+            assert float(record[attack]) == pytest.approx(value, abs=1e-12)
+        worst = min(expected, key=expected.get)
+        assert float(record["worst_case"]) == pytest.approx(expected[worst], abs=1e-12)
+        assert record["worst_attack"] == worst
+    # never higher than the mean of per-seed maxima
+    assert all(mean_curve[a] <= seed_maxima[a] for a in curves)

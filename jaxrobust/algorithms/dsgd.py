@@ -147,14 +147,14 @@ def dsgd(setup: Setup) -> Algorithm:
 
     Examples
     --------
-    Two rounds on 200 digits without Byzantine workers, the plain mean as the
+    Two rounds on 300 digits without Byzantine workers, the plain mean as the
     defence: the aggregate is exactly the honest workers' mean momentum.
 
     >>> from jaxrobust.config import Config
     >>> from jaxrobust.run.simulator import simulate
     >>> config = Config(
     ...     model="logistic_regression", num_byzantine=0, defence=("mean",),
-    ...     steps=2, eval_every=1, max_train=200,
+    ...     steps=2, eval_every=1, max_train=300,
     ... )
     >>> result = simulate(config)
     >>> [row["step"] for row in result.rows], result.rows[-1]["distance_to_honest_mean"] < 1e-6

@@ -102,7 +102,7 @@ NeurIPS 2023 (EF21-SGDM).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -401,11 +401,11 @@ def byz_ef21_sgdm(setup: Setup) -> Algorithm:
     >>> config = Config(
     ...     algorithm="byz_ef21_sgdm", model="logistic_regression",
     ...     compressor="top_k", compressor_options={"k": 10}, defence=("nnm", "median"),
-    ...     steps=2, eval_every=1, max_train=200,
+    ...     steps=2, eval_every=1, max_train=250,
     ... )
     >>> row = simulate(config).rows[-1]
     >>> row["step"], row["bits_sent"], row["epochs"]
-    (2, 4200.0, 2.5)
+    (2, 4200.0, 2.0)
     """
     return _build(setup, kind="ef21_sgdm")
 
@@ -514,3 +514,9 @@ for _factory in (byz_ef21_sgdm, byz_ef21, br_csgd):
     _factory.metrics = EF21Metrics
     # config.algorithm_options, with their defaults
     _factory.options = {"init": "gradient", "train_loss": "minibatch", "rescale_unbiased": True}
+    # their valid values (checked with the config, see jaxrobust.core.Entry.ranges)
+    _factory.option_types = {
+        "init": Literal["gradient", "zeros"],
+        "train_loss": Literal["minibatch", "full"],
+        "rescale_unbiased": bool,
+    }

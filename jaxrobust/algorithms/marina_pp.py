@@ -153,12 +153,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from annotated_types import Ge, Gt, Le
 
 from jaxrobust import attacks, compression, functional, kernels, models
 from jaxrobust.algorithms.base import Algorithm, Setup, robust_round
@@ -1062,3 +1063,14 @@ build.options = {  # config.algorithm_options, with their defaults (see the modu
     "sampler": None,
 }
 assert set(build.options) == set(OPTIONS)
+# the options' valid values (checked with the config, see jaxrobust.core.Entry.ranges)
+build.option_types = {
+    "p": Annotated[float, Ge(0), Le(1)] | None,
+    "clients_full": Annotated[int, Ge(1)] | None,
+    "clip_alpha": Annotated[float, Gt(0)] | None,
+    "plus": bool,
+    "shared_data": bool,
+    "binary": bool,
+    "f_star": Literal["auto", True, False] | float | None,
+    "init": Literal["gradient", "zeros"],
+}

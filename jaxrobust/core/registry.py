@@ -22,8 +22,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+import annotated_types
 
 __all__ = ["Entry", "Registry", "REGISTRIES", "check_defence", "register", "registry"]
 
@@ -118,6 +123,84 @@ class Entry:
             return set()
         return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
+    def ranges(self) -> dict[str, str]:
+        """The options' declared valid ranges or sets, as text (``"epsilon > 0"``).
+
+        An option declares them in the factory's signature, with
+        ``typing.Annotated`` and ``annotated_types`` bounds (``Ge``, ``Gt``,
+        ``Le``, ``Lt``), or as a ``typing.Literal`` set; ``| None`` allows None
+        (the option's documented default). :meth:`Registry.check_options`
+        checks them.
+
+        Returns
+        -------
+        dict of str to str
+            Option name to its range, for the options that declare one, in
+            signature order.
+
+        Examples
+        --------
+        >>> from typing import Annotated, Literal
+        >>> from annotated_types import Ge, Gt
+        >>> def rule(f, *, n=None, tau: Annotated[float, Gt(0)] = 1.0,
+        ...          mode: Literal["a", "b"] = "a", steps: Annotated[int, Ge(1)] | None = None):
+        ...     pass
+        >>> Entry("rule", rule, "").ranges()
+        {'tau': 'tau > 0', 'mode': "mode one of 'a', 'b'", 'steps': 'steps >= 1 or None'}
+        """
+        return {name: _range_text(name, *spec) for name, spec in self._declared().items()}
+
+    def _declared(self) -> dict[str, tuple[list[tuple], bool]]:
+        """Option -> (alternatives, None allowed); an alternative is (bounds, literal, number).
+
+        The hints are the factory's signature annotations, or its
+        ``option_types`` mapping (option -> annotation) where it declares its
+        options in an ``options`` mapping.
+        """
+        declared = getattr(self.factory, "option_types", None)
+        if isinstance(declared, Mapping):
+            hints = dict(declared)
+        else:
+            try:
+                hints = typing.get_type_hints(self.factory, include_extras=True)
+            except Exception:  # noqa: BLE001 - an unreadable annotation declares nothing
+                return {}
+        out = {}
+        for name in self.options():
+            if name not in hints:
+                continue
+            alternatives, allows_none = _constraints(hints[name])
+            if any(bounds or literal is not None for bounds, literal, _ in alternatives):
+                out[name] = (alternatives, allows_none)
+        return out
+
+    def check_ranges(self, kind: str, options: Mapping[str, Any]) -> None:
+        """``ValueError`` naming the option, its value and its declared range, if outside it.
+
+        Examples
+        --------
+        >>> from typing import Annotated
+        >>> from annotated_types import Gt
+        >>> def rule(f, *, tau: Annotated[float, Gt(0)] = 1.0):
+        ...     pass
+        >>> Entry("rule", rule, "").check_ranges("aggregator", {"tau": -1.0})
+        Traceback (most recent call last):
+        ...
+        ValueError: option tau=-1.0 of aggregator 'rule' is out of its range: tau > 0
+        """
+        for option, (alternatives, allows_none) in self._declared().items():
+            if option not in options:
+                continue
+            value = options[option]
+            if value is None and allows_none:
+                continue
+            if any(_within(value, *alternative) for alternative in alternatives):
+                continue
+            text = _range_text(option, alternatives, allows_none)
+            raise ValueError(
+                f"option {option}={value!r} of {kind} {self.name!r} is out of its range: {text}"
+            )
+
     def accepts_any(self) -> bool:
         """Whether the factory takes any keyword (``**kwargs``, or an unreadable signature).
 
@@ -137,6 +220,78 @@ class Entry:
         except (TypeError, ValueError):
             return True
         return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+_BOUNDS = {
+    annotated_types.Ge: (">=", "ge"),
+    annotated_types.Gt: (">", "gt"),
+    annotated_types.Le: ("<=", "le"),
+    annotated_types.Lt: ("<", "lt"),
+}
+
+
+def _constraints(hint: Any) -> tuple[list[tuple], bool]:
+    """An annotation's alternatives (bounds, Literal set, number type) and whether None is
+    allowed: ``Annotated[int, Ge(1)] | Annotated[float, Gt(0), Le(1)]`` has two."""
+    alternatives: list[tuple] = []
+    allows_none = False
+    parts = [hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = list(typing.get_args(hint))
+    for part in parts:
+        if part is type(None):
+            allows_none = True
+            continue
+        bounds: list[Any] = []
+        if typing.get_origin(part) is typing.Annotated:
+            base, *metadata = typing.get_args(part)
+            bounds = [m for m in metadata if type(m) in _BOUNDS]
+            part = base
+        if typing.get_origin(part) is typing.Literal:
+            alternatives.append(([], typing.get_args(part), None))
+        elif part in (int, float):
+            alternatives.append((bounds, None, part))
+        elif part is bool:
+            alternatives.append(([], (False, True), None))
+        else:
+            alternatives.append((bounds, None, None))
+    return alternatives, allows_none
+
+
+def _within(value: Any, bounds: list[Any], literal: tuple | None, number: type | None) -> bool:
+    if literal is not None:
+        return any(value == choice and type(value) is type(choice) for choice in literal)
+    if number is None and not bounds:
+        return True  # a type without a declared range (e.g. a callable)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if number is int and not float(value).is_integer():
+        return False
+    if number is int and isinstance(value, float):
+        return False
+    checks = {
+        ">=": lambda limit: value >= limit,
+        ">": lambda limit: value > limit,
+        "<=": lambda limit: value <= limit,
+        "<": lambda limit: value < limit,
+    }
+    return all(checks[_BOUNDS[type(b)][0]](getattr(b, _BOUNDS[type(b)][1])) for b in bounds)
+
+
+def _range_text(name: str, alternatives: list[tuple], allows_none: bool) -> str:
+    texts = []
+    for bounds, literal, number in alternatives:
+        if literal is not None:
+            texts.append(f"{name} one of {', '.join(map(repr, literal))}")
+            continue
+        parts = [f"{name} {_BOUNDS[type(b)][0]} {getattr(b, _BOUNDS[type(b)][1])}" for b in bounds]
+        text = " and ".join(parts) or name
+        if number is int and len(alternatives) > 1:
+            text = f"an int {text}"
+        elif number is float and len(alternatives) > 1:
+            text = f"a float {text}"
+        texts.append(text)
+    return " or ".join(texts) + (" or None" if allows_none else "")
 
 
 def _first_line(obj: Any) -> str:
@@ -335,7 +490,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         ------
         ValueError
             Unknown ``name`` (see :meth:`entry`), or an option the factory does
-            not take: the message lists the valid options with their defaults.
+            not take: the message lists the valid options with their defaults;
+            or a value outside the option's declared range or set
+            (:meth:`Entry.ranges`): the message names the option, the value
+            and the range.
 
         Examples
         --------
@@ -347,6 +505,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         Traceback (most recent call last):
         ...
         ValueError: unknown option(s) hue for colour 'red'; valid options (with defaults): shade=1.0
+        >>> registry("attack").check_options("ipm", {"epsilon": -0.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: option epsilon=-0.5 of attack 'ipm' is out of its range: epsilon > 0
         """
         entry = self.entry(name)
         options = dict(options)
@@ -360,6 +522,7 @@ class Registry(Mapping[str, Callable[..., Any]]):
                 f"unknown option(s) {', '.join(unknown)} for {self.kind} {name!r}; "
                 f"valid options (with defaults): {listed}"
             )
+        entry.check_ranges(self.kind, options)
         return options
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:

@@ -22,6 +22,7 @@ Dataset(name='digits', train=1618, test=179, input_shape=(8, 8, 1), num_classes=
 from jaxrobust.data.datasets import BUILTIN_DATASETS, LIBSVM_DATASETS, Dataset, load_dataset
 from jaxrobust.data.partition import (
     HETEROGENEITY,
+    check_batch_size,
     class_counts,
     format_class_table,
     partition,
@@ -33,6 +34,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "HETEROGENEITY",
     "LIBSVM_DATASETS",
+    "check_batch_size",
     "Dataset",
     "class_counts",
     "format_class_table",

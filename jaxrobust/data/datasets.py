@@ -29,14 +29,24 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import os
-from collections.abc import Callable
+import socket
+import urllib.parse
+import zlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from jaxrobust.core import registry
 
-__all__ = ["BUILTIN_DATASETS", "LIBSVM_DATASETS", "Dataset", "load_dataset"]
+__all__ = ["BUILTIN_DATASETS", "LIBSVM_DATASETS", "TFDS_MODULES", "Dataset", "load_dataset"]
+
+#: Modules TensorFlow Datasets imports when it prepares (downloads and builds) a
+#: data set but declares only for Python < 3.9 (``importlib_resources``, imported
+#: by ``tfds.core.dataset_builder`` for a builder's checksums): jaxrobust
+#: depends on them, and :func:`load_dataset` names a missing one before TFDS runs.
+TFDS_MODULES: tuple[str, ...] = ("importlib_resources",)
 
 #: Known LIBSVM data sets and their number of features (1-based indices).
 LIBSVM_DATASETS: dict[str, int] = {"a9a": 123, "w8a": 300, "phishing": 68}
@@ -288,9 +298,16 @@ def _require(data_dir: str, stem: str, dataset: str, layout: tuple[str, ...]) ->
 
 
 def _read_bytes(path: str) -> bytes:
+    """A file's bytes, gunzipped if it ends in ``.gz``; a damaged gzip file is named."""
     opener: Callable = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        return fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(
+            f"{path} is damaged: {err} (a truncated or corrupt gzip file, e.g. an "
+            "interrupted download); download it again"
+        ) from None
 
 
 def _standardise(
@@ -396,8 +413,8 @@ def _parse_idx(path: str, magic: int) -> np.ndarray:
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise ValueError(
-            f"{path}: size {len(raw)} bytes does not match its header {shape} "
-            f"(expected {expected} bytes)"
+            f"{path} is damaged: size {len(raw)} bytes does not match its header {shape} "
+            f"(expected {expected} bytes; a truncated or corrupt file); download it again"
         )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
@@ -537,6 +554,72 @@ def _tfds_split(tfds, name: str, split: str, data_dir: str | None, keys: tuple[s
     return x, y
 
 
+def _check_tfds_modules(name: str) -> None:
+    """Name a module of :data:`TFDS_MODULES` that is not installed, before TFDS needs it."""
+    missing = [m for m in TFDS_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"loading {name!r} through TensorFlow Datasets needs the module(s) "
+            f"{', '.join(missing)}, which TFDS imports to prepare a data set but does not "
+            f"install: pip install {' '.join(missing)} (a dependency of jaxrobust; "
+            f"reinstall it with pip install -e .), or {_local_files(name)}",
+            name=missing[0],
+        )
+
+
+def _local_files(name: str) -> str:
+    """How to load ``name`` from local files instead of TFDS, as advice."""
+    key = name.lower()
+    if key in ("mnist", "fashion_mnist"):
+        files = ", ".join(f"{f}[.gz]" for f in _IDX_FILES)
+        return f"pass --data-dir DIR (data_dir=DIR), a folder holding the IDX files {files}"
+    if key == "cifar10":
+        return (
+            "pass --data-dir DIR (data_dir=DIR), a folder holding the binary version's "
+            "data_batch_1.bin ... data_batch_5.bin and test_batch.bin (each optionally .gz)"
+        )
+    return (
+        "pass --data-dir DIR (data_dir=DIR), a TFDS data folder where it is prepared, "
+        f"or use a built-in name: {', '.join(BUILTIN_DATASETS)}"
+    )
+
+
+def _reachable(urls: Sequence[str], timeout: float = 5.0) -> bool:
+    """Whether the host of one of ``urls`` accepts a connection (one try each, no retries)."""
+    hosts = dict.fromkeys(urllib.parse.urlsplit(url) for url in urls)
+    for parts in hosts:
+        if not parts.hostname:
+            continue
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def _check_downloadable(name: str, builder) -> None:
+    """Refuse a data set TFDS would have to download while its source cannot be reached.
+
+    TFDS retries a failed download with back-off for minutes before its own
+    ``ConnectionError``; one connection attempt per host decides it at once.
+    """
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # noqa: BLE001 - a builder without a checksums file: let TFDS try
+        return
+    if urls and not _reachable(urls):
+        host = urllib.parse.urlsplit(urls[0]).hostname
+        raise FileNotFoundError(
+            f"{name!r} is not downloaded in {os.fspath(builder.data_dir)!r} (TFDS's data "
+            f"folder) and {host} cannot be reached to download it (no network?): "
+            f"{_local_files(name)}, or prepare it once where the network is reachable "
+            f"(python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}')"
+            '.download_and_prepare()") and set TFDS_DATA_DIR to that folder'
+        )
+
+
 def _load_tfds(name: str, data_dir: str | None, test_fraction: float, seed: int) -> Dataset:
     try:
         import tensorflow_datasets as tfds
@@ -545,6 +628,7 @@ def _load_tfds(name: str, data_dir: str | None, test_fraction: float, seed: int)
             f"{name!r} needs tensorflow-datasets (pip install tensorflow-datasets), "
             f"or use one of the built-in names: {', '.join(BUILTIN_DATASETS)}"
         ) from err
+    _check_tfds_modules(name)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -553,6 +637,8 @@ def _load_tfds(name: str, data_dir: str | None, test_fraction: float, seed: int)
             f"{', '.join(BUILTIN_DATASETS)}, or 'libsvm:<filename>' with data_dir; "
             "any TFDS image-classification name also works"
         ) from None
+    if not builder.is_prepared():
+        _check_downloadable(name, builder)
     info = builder.info
     keys = tuple(info.supervised_keys or ("image", "label"))[:2]
     label_feature = info.features[keys[1]]

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from annotated_types import Ge, Gt, Le
 
 from jaxrobust.core import registry
 
 __all__ = [
     "HETEROGENEITY",
+    "check_batch_size",
     "class_counts",
     "format_class_table",
     "partition",
@@ -71,7 +74,10 @@ def iid(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> list[
 
 @HETEROGENEITY.register("dirichlet")
 def dirichlet(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, alpha: float = 1.0
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    alpha: Annotated[float, Gt(0)] = 1.0,
 ) -> list[np.ndarray]:
     """Per-class proportions drawn from Dir(alpha); no worker left empty.
 
@@ -122,7 +128,10 @@ def dirichlet(
 
 @HETEROGENEITY.register("gamma_similarity")
 def gamma_similarity(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, gamma: float = 0.5
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    gamma: Annotated[float, Ge(0), Le(1)] = 0.5,
 ) -> list[np.ndarray]:
     """A fraction gamma split iid, the rest sorted by label into contiguous chunks.
 
@@ -204,7 +213,10 @@ def extreme(labels: np.ndarray, num_workers: int, rng: np.random.Generator) -> l
 
 @HETEROGENEITY.register("shards")
 def shards(
-    labels: np.ndarray, num_workers: int, rng: np.random.Generator, shards_per_worker: int = 2
+    labels: np.ndarray,
+    num_workers: int,
+    rng: np.random.Generator,
+    shards_per_worker: Annotated[int, Ge(1)] = 2,
 ) -> list[np.ndarray]:
     """Sorted by label, cut into shards; each worker gets ``shards_per_worker`` at random.
 
@@ -518,6 +530,55 @@ def format_class_table(counts: np.ndarray) -> str:
 
     rule = "-" * len(line(header))
     return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])])
+
+
+def check_batch_size(batch_size: int, parts: Sequence[np.ndarray]) -> int:
+    """Refuse a minibatch larger than every honest worker's data.
+
+    Minibatches are drawn with replacement (:func:`sample_batches`), so a
+    worker whose part is smaller than ``batch_size`` still trains (a skewed
+    split leaves some workers a few examples); but a ``batch_size`` above the
+    largest part repeats examples in every worker's batch, which is never
+    what a setting means (``--batch-size 100000`` on ``digits``).
+
+    Parameters
+    ----------
+    batch_size : int
+        Examples per worker and step (``Config.batch_size``).
+    parts : sequence of np.ndarray
+        The honest workers' parts of the training set (:func:`partition`).
+
+    Returns
+    -------
+    int
+        The bound: the number of examples of the largest part.
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` exceeds the largest part (``"batch_size needs 1 <=
+        batch_size <= ..., got batch_size=..."``, with the sizes of the parts).
+
+    Examples
+    --------
+    >>> parts = [np.arange(150), np.arange(150, 310)]
+    >>> check_batch_size(25, parts)
+    160
+    >>> check_batch_size(100000, parts)
+    Traceback (most recent call last):
+        ...
+    ValueError: batch_size needs 1 <= batch_size <= 160 (the most training examples an honest
+    worker holds: 2 workers hold 150 to 160 of 310), got batch_size=100000; lower --batch-size
+    """
+    sizes = [len(p) for p in parts]
+    bound = max(sizes, default=0)
+    if not 1 <= batch_size <= bound:
+        raise ValueError(
+            f"batch_size needs 1 <= batch_size <= {bound} (the most training examples an honest "
+            f"worker holds: {len(sizes)} workers hold {min(sizes, default=0)} to {bound} of "
+            f"{sum(sizes)}), got batch_size={batch_size}; lower --batch-size"
+        )
+    return bound
 
 
 def stack_partition(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -15,11 +15,12 @@ update is first traced. The math, and the papers, live in
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from annotated_types import Ge, Gt
 
 from jaxrobust import kernels
 from jaxrobust.core import registry
@@ -242,7 +243,11 @@ def meamed(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 
 @_AGGREGATORS.register("geometric_median")
 def geometric_median(
-    f: int = 0, *, nu: float | None = None, iterations: int = 8, n: int | None = None
+    f: int = 0,
+    *,
+    nu: Annotated[float, Gt(0)] | None = None,
+    iterations: Annotated[int, Ge(1)] = 8,
+    n: int | None = None,
 ) -> optax.GradientTransformation:
     """Geometric median by smoothed Weiszfeld iterations.
 
@@ -367,7 +372,7 @@ def krum(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 
 @_AGGREGATORS.register("multi_krum")
 def multi_krum(
-    f: int, m: int | None = None, *, n: int | None = None
+    f: int, m: Annotated[int, Ge(1)] | None = None, *, n: int | None = None
 ) -> optax.GradientTransformation:
     """Multi-Krum: the average of the ``m`` vectors of least Krum score (default ``m = n - f``).
 
@@ -432,7 +437,7 @@ def multi_krum(
 
 @_AGGREGATORS.register("mda")
 def mda(
-    f: int, *, max_subsets: int = distance.MDA_MAX_SUBSETS, n: int | None = None
+    f: int, *, max_subsets: Annotated[int, Ge(1)] = distance.MDA_MAX_SUBSETS, n: int | None = None
 ) -> optax.GradientTransformation:
     """Minimum diameter averaging: the average of the ``n - f`` vectors of least diameter.
 
@@ -492,7 +497,9 @@ def mda(
 
 
 @_AGGREGATORS.register("monna")
-def monna(f: int, trusted: int = 0, *, n: int | None = None) -> optax.GradientTransformation:
+def monna(
+    f: int, trusted: Annotated[int, Ge(0)] = 0, *, n: int | None = None
+) -> optax.GradientTransformation:
     """MoNNA: the average of the ``n - f`` nearest neighbours of the trusted worker ``trusted``.
 
     Needs ``n > 2f``. See :func:`jaxrobust.functional.monna`.
@@ -604,9 +611,9 @@ def caf(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 def dnc(
     f: int,
     *,
-    iterations: int = 1,
-    subsample: int = 10_000,
-    filter_fraction: float = 1.0,
+    iterations: Annotated[int, Ge(1)] = 1,
+    subsample: Annotated[int, Ge(1)] = 10_000,
+    filter_fraction: Annotated[float, Ge(0)] = 1.0,
     key: int | jax.Array = 0,
     n: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -696,7 +703,10 @@ class CenteredClippingState(NamedTuple):
 
 
 def centered_clipping(
-    tau: float | None = None, iterations: int = 3, *, n: int | None = None
+    tau: Annotated[float, Gt(0)] | None = None,
+    iterations: Annotated[int, Ge(1)] = 3,
+    *,
+    n: int | None = None,
 ) -> optax.GradientTransformation:
     """Centered clipping (Karimireddy, He and Jaggi, ICML 2021).
 
@@ -777,7 +787,11 @@ def _mean_rule(f: int = 0, *, n: int | None = None) -> optax.GradientTransformat
 
 @_AGGREGATORS.register("centered_clipping")
 def _centered_clipping_rule(
-    f: int = 0, *, n: int | None = None, tau: float | None = None, iterations: int = 3
+    f: int = 0,
+    *,
+    n: int | None = None,
+    tau: Annotated[float, Gt(0)] | None = None,
+    iterations: Annotated[int, Ge(1)] = 3,
 ) -> optax.GradientTransformation:
     """Centered clipping around the previous aggregate (Karimireddy, He and Jaggi, 2021)."""
     del f

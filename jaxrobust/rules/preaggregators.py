@@ -9,9 +9,11 @@ papers is ``F o NNM o ARC``::
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated
 
 import jax
 import optax
+from annotated_types import Ge, Gt
 
 from jaxrobust import kernels
 from jaxrobust.core import registry
@@ -80,7 +82,7 @@ def arc(f: int, *, n: int | None = None) -> optax.GradientTransformation:
     return stateless_rule("arc", partial(clipping.arc, f=f), partial(clipping.check_arc, f=f), n)
 
 
-def clip(max_norm: float | None = None) -> optax.GradientTransformation:
+def clip(max_norm: Annotated[float, Gt(0)] | None = None) -> optax.GradientTransformation:
     """Clipping of every worker vector: ``x_i <- x_i min(1, C / ||x_i||)``, ``C = max_norm``.
 
     The norm is global over all leaves of a worker's vector. Vectors with
@@ -172,7 +174,7 @@ def nnm(f: int, *, n: int | None = None) -> optax.GradientTransformation:
 
 
 def bucketing(
-    bucket_size: int, *, key: int | jax.Array = 0, n: int | None = None
+    bucket_size: Annotated[int, Ge(1)], *, key: int | jax.Array = 0, n: int | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """Bucketing (Karimireddy, He and Jaggi, ICLR 2022).
 
@@ -248,7 +250,9 @@ def bucketing(
 
 
 @_PRE.register("clip")
-def _clip_rule(f: int = 0, *, n: int | None = None, max_norm: float | None = None):
+def _clip_rule(
+    f: int = 0, *, n: int | None = None, max_norm: Annotated[float, Gt(0)] | None = None
+):
     """Clipping of every worker vector to norm ``max_norm`` (``None``: the median norm)."""
     del f, n
     return clip(max_norm)
@@ -256,7 +260,11 @@ def _clip_rule(f: int = 0, *, n: int | None = None, max_norm: float | None = Non
 
 @_PRE.register("bucketing")
 def _bucketing_rule(
-    f: int = 0, *, n: int | None = None, bucket_size: int = 2, key: int | jax.Array = 0
+    f: int = 0,
+    *,
+    n: int | None = None,
+    bucket_size: Annotated[int, Ge(1)] = 2,
+    key: int | jax.Array = 0,
 ):
     """Bucketing: shuffle, then average buckets of ``bucket_size`` (Karimireddy et al., 2022)."""
     del f

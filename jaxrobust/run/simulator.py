@@ -31,7 +31,7 @@ from jaxrobust.config import Config
 from jaxrobust.core import registry
 from jaxrobust.core.types import METRIC_COLUMNS, Problem
 from jaxrobust.data import datasets
-from jaxrobust.data.partition import partition, stack_partition
+from jaxrobust.data.partition import check_batch_size, partition, stack_partition
 from jaxrobust.models import problem_for
 from jaxrobust.rules.defence import make_defence  # noqa: F401  (re-exported)
 from jaxrobust.server import SCHEDULES as LR_SCHEDULES  # noqa: F401  (re-exported)
@@ -418,10 +418,17 @@ def measurements(metrics, evaluation: dict) -> list[dict[str, float]]:
 def load_for(config: Config) -> datasets.Dataset:
     """The configuration's data set, with its validation split held out if asked.
 
+    ``batch_size`` is checked against the honest workers' parts of it
+    (:func:`jaxrobust.data.partition.check_batch_size`), before anything runs.
+
     Examples
     --------
-    >>> load_for(Config(max_train=100, validation=0.2))
+    >>> load_for(Config(max_train=100, validation=0.2, batch_size=8))
     Dataset(name='digits', train=80, test=179, input_shape=(8, 8, 1), num_classes=10)
+    >>> load_for(Config(batch_size=100000))
+    Traceback (most recent call last):
+        ...
+    ValueError: batch_size needs 1 <= batch_size <= 162 ...
     """
     dataset = datasets.load_dataset(
         config.dataset,
@@ -430,7 +437,9 @@ def load_for(config: Config) -> datasets.Dataset:
         max_train=config.max_train,
         max_test=config.max_test,
     )
-    return with_validation_split(config, dataset)
+    dataset = with_validation_split(config, dataset)
+    check_batch_size(config.batch_size, partition_of(config, dataset.y_train, config.seed))
+    return dataset
 
 
 def with_validation_split(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -483,7 +492,7 @@ def simulate(
     Examples
     --------
     >>> result = simulate(
-    ...     Config(model="logistic_regression", seeds=2, steps=2, eval_every=1, max_train=200)
+    ...     Config(model="logistic_regression", seeds=2, steps=2, eval_every=1, max_train=300)
     ... )
     >>> [(row["seed"], row["step"]) for row in result.rows]
     [(0, 1), (1, 1), (0, 2), (1, 2)]
