@@ -82,7 +82,15 @@ COMPONENTS = {
 
 #: Fields written by :meth:`Config.to_dict` only when not empty (added after the
 #: first release; sweeps' run ids hash the written fields).
-OMITTED_WHEN_EMPTY = ("plugins", "defence_options", "heterogeneity_options")
+OMITTED_WHEN_EMPTY = (
+    "plugins",
+    "defence_options",
+    "heterogeneity_options",
+    "topology",
+    "topology_options",
+    "byzantine_placement",
+    "gossip_weights",
+)
 
 
 class ConfigError(ValueError):
@@ -146,6 +154,23 @@ class _RuleOptions:
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
         return core_schema.no_info_after_validator_function(_check_rule_options, handler(source))
+
+
+class _Topology:
+    """Field metadata of ``topology``: a registered topology or a path to an existing file."""
+
+    @staticmethod
+    def check(name: str) -> str:
+        if not os.path.isfile(name):
+            registry("topology").entry(name)  # ValueError listing the names if unknown
+        return name
+
+    @staticmethod
+    def allowed() -> str:
+        return "a registered topology name (see `jaxrobust list`) or a path to an adjacency matrix"
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
 
 def _vmapped(description: str) -> dict[str, Any]:
@@ -256,6 +281,21 @@ class Config(BaseModel):
     local_steps: int = Field(1, ge=1, description="local SGD steps per round (dsgd)")
     local_lr: float | None = Field(
         None, gt=0.0, description="the clients' learning rate of local steps (none: lr)"
+    )
+    # decentralized algorithms (the communication graph)
+    topology: Annotated[str, _Topology()] | None = Field(
+        None,
+        description="graph of a decentralized algorithm: a registered topology or a path to "
+        "an adjacency matrix (none: complete)",
+    )
+    topology_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the topology, e.g. {p: 0.3}"
+    )
+    byzantine_placement: typing.Literal["random", "highest_degree"] | None = Field(
+        None, description="which nodes are Byzantine (none: random, seeded by data_seed)"
+    )
+    gossip_weights: typing.Literal["metropolis", "uniform"] | None = Field(
+        None, description="gossip weights of the graph (none: metropolis)"
     )
     compressor: Annotated[str, Registered("compressor")] = Field(
         "identity", description="compression of the worker messages"
@@ -406,9 +446,37 @@ class Config(BaseModel):
             registry("algorithm").check_options(self.algorithm, self.algorithm_options)
             registry("heterogeneity").check_options(self.heterogeneity, self.heterogeneity_options)
             importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
+            self._check_decentralized()
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self
+
+    def _check_decentralized(self) -> None:
+        """Graph fields only with a decentralized algorithm, whose check builds the graph."""
+        factory = registry("algorithm").entry(self.algorithm).factory
+        attack = registry("attack").entry(self.attack).factory
+        graph_fields = [
+            name
+            for name in ("topology", "topology_options", "byzantine_placement", "gossip_weights")
+            if getattr(self, name)
+        ]
+        decentralized = [
+            n for n, f in registry("algorithm").items() if getattr(f, "decentralized", False)
+        ]
+        if not getattr(factory, "decentralized", False):
+            if graph_fields:
+                raise ValueError(
+                    f"{', '.join(graph_fields)} configure decentralized algorithms "
+                    f"({', '.join(decentralized)}), got algorithm={self.algorithm!r}"
+                )
+            if getattr(attack, "per_edge", False) and self.num_byzantine > 0:
+                raise ValueError(
+                    f"attack {self.attack!r} is sent per edge of a graph: it needs a "
+                    f"decentralized algorithm ({', '.join(decentralized)}), "
+                    f"got algorithm={self.algorithm!r}"
+                )
+            return
+        factory.check(self)  # builds the graph; a rule's bound names the node and its degree
 
     def _check_attack_options(self) -> None:
         attacks = registry("attack")
