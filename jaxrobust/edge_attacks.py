@@ -119,8 +119,9 @@ def _server_apply(name: str):
     return apply
 
 
-def _tree_sub(a, b):
-    return jax.tree_util.tree_map(jnp.subtract, a, b)
+def _num_honest(inp: EdgeInput) -> int:
+    """``k_h``, the receiver's honest neighbours (static)."""
+    return jax.tree_util.tree_leaves(inp.honest)[0].shape[0]
 
 
 def _add_own(own, vectors):
@@ -238,6 +239,8 @@ def dissensus(epsilon: float = 1.0) -> EdgeAttack:
 
     def edge(inp: EdgeInput) -> PyTree:
         weight = jnp.sum(inp.byzantine_weights)
+        if _num_honest(inp) == 0:  # no honest neighbour: nothing to cancel
+            return attacks.repeat(inp.own, inp.num_byzantine)
         diffs = jax.tree_util.tree_map(lambda h, o: h - o[None], inp.honest, inp.own)
         pull = kernels.weighted_sum(inp.honest_weights, diffs)
         vector = jax.tree_util.tree_map(
@@ -311,11 +314,12 @@ def spectral(epsilon: float = 1.0, seed: int = 0) -> EdgeAttack:
         ]
         norm = jnp.sqrt(sum(jnp.sum(r * r) for r in raw))
         direction = jax.tree_util.tree_unflatten(treedef, [r / norm for r in raw])
+        if _num_honest(inp) == 0:  # no honest spread to hide in
+            return attacks.repeat(inp.own, inp.num_byzantine)
         radius = jnp.max(
             kernels.worker_norms(
                 jax.tree_util.tree_map(lambda h, o: h - o[None], inp.honest, inp.own)
-            ),
-            initial=0.0,
+            )
         )
         scale = epsilon * inp.fiedler * radius
         vector = jax.tree_util.tree_map(

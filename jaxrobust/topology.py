@@ -527,7 +527,7 @@ class Graph:
         degree 2..2
         Byzantine neighbours per honest node <= 1
         spectral gap of W (metropolis) 0.3333
-        honest algebraic connectivity 0.2679
+        honest algebraic connectivity 0.3820
         """
         d = self.degrees
         b = self.byzantine_neighbours

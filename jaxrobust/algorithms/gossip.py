@@ -203,8 +203,10 @@ def _kth_largest(values: jax.Array, k: int) -> jax.Array:
 
 def _gossip_rule(own, neighbours, self_weight, weights, state, key):
     out = jax.tree_util.tree_map(
-        lambda o, v: self_weight * o
-        + jnp.tensordot(weights, v, axes=(0, 0), precision=HIGHEST).astype(o.dtype),
+        lambda o, v: (
+            self_weight * o
+            + jnp.tensordot(weights, v, axes=(0, 0), precision=HIGHEST).astype(o.dtype)
+        ),
         own,
         neighbours,
     )
@@ -293,16 +295,12 @@ def _neighbourhood_error(err: ValueError, graph: Graph, group: NeighbourGroup, b
     return (
         f"{err} -- in the neighbourhood of node {node} (degree {group.degree}: "
         f"{group.degree + 1} vectors with its own, f = {b}); "
-        f"{len(group.nodes)} honest node(s) have this degree"
+        f"{len(group.nodes)} honest node(s) share these neighbourhood sizes"
     )
 
 
-def _decentralized(name: str, make_rule: Callable, options: dict, uses_defence: bool):
-    """Register the decentralized algorithm ``name`` built around ``make_rule``.
-
-    ``make_rule(config, group, b, options) -> (combine, init_state)`` builds
-    one neighbour group's rule; ``init_state(own)`` its per-node state.
-    """
+def _checker(name: str, make_rule: Callable, options: dict) -> Callable:
+    """``check(config)`` of the decentralized algorithm ``name``: builds the graph, every rule."""
 
     def check(config) -> None:
         _check_common(config, name)
@@ -322,127 +320,132 @@ def _decentralized(name: str, make_rule: Callable, options: dict, uses_defence: 
             except ValueError as err:
                 raise ValueError(_neighbourhood_error(err, graph, group, b)) from None
 
-    def factory(setup: Setup) -> Algorithm:
-        config, problem = setup.config, setup.problem
-        check(config)
-        graph = graph_of(config)
-        b = local_bound(config, graph)
-        attack = edge_attack_of(config)
-        opts = {**options, **config.algorithm_options}
-        groups = graph.groups
-        rules = [make_rule(config, g, b, opts) for g in groups]
-        x_train, y_train = setup.x_train, setup.y_train
-        schedule = lr_factor(config)
-        h = graph.num_honest
-        base_evaluate = setup.evaluate()
-        value_and_grad = jax.vmap(jax.value_and_grad(problem.loss))
+    return check
 
-        def init(key, indices, sizes, hyper: Hyper) -> GossipState:
-            key, init_key = jax.random.split(key)
-            params = problem.init(init_key)
-            stacked = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (h, *p.shape)), params)
-            momentum = jax.tree_util.tree_map(jnp.zeros_like, stacked)
-            states = tuple(
-                jax.vmap(init_state)(jax.tree_util.tree_map(lambda v, g=g: v[g.nodes], stacked))
-                for g, (_, init_state) in zip(groups, rules, strict=True)
-            )
-            return GossipState(
-                hyper, indices, sizes, stacked, momentum, states, jnp.int32(0), key
-            )
 
-        def communicate(half, states, attack_key, rule_key):
-            new = half
-            new_states = []
-            for index, (g, (combine, _)) in enumerate(zip(groups, rules, strict=True)):
-                own = jax.tree_util.tree_map(lambda v, g=g: v[g.nodes], half)
-                honest = jax.tree_util.tree_map(lambda v, g=g: v[g.honest], half)
-                size = g.nodes.shape[0]
-                neighbours = honest
-                weights = jnp.asarray(g.honest_weights)
-                if g.num_byzantine > 0:
-                    keys = jax.random.split(jax.random.fold_in(attack_key, index), size)
+def _build(setup: Setup, name: str, make_rule: Callable, options: dict) -> Algorithm:
+    """The decentralized algorithm ``name`` around ``make_rule``.
 
-                    def sent(o, hn, sw, hw, bw, k, u, k_b=g.num_byzantine):
-                        return attack.edge(EdgeInput(o, hn, sw, hw, bw, k_b, k, u))
+    ``make_rule(config, group, b, options) -> (combine, init_state)`` builds
+    one neighbour group's rule; ``init_state(own)`` its per-node state.
+    """
+    config, problem = setup.config, setup.problem
+    _checker(name, make_rule, options)(config)
+    graph = graph_of(config)
+    b = local_bound(config, graph)
+    attack = edge_attack_of(config)
+    opts = {**options, **config.algorithm_options}
+    groups = graph.groups
+    rules = [make_rule(config, g, b, opts) for g in groups]
+    x_train, y_train = setup.x_train, setup.y_train
+    schedule = lr_factor(config)
+    h = graph.num_honest
+    base_evaluate = setup.evaluate()
+    value_and_grad = jax.vmap(jax.value_and_grad(problem.loss))
 
-                    byzantine = jax.vmap(sent)(
-                        own,
-                        honest,
-                        jnp.asarray(g.self_weight),
-                        jnp.asarray(g.honest_weights),
-                        jnp.asarray(g.byzantine_weights),
-                        keys,
-                        jnp.asarray(g.fiedler),
-                    )
-                    neighbours = jax.tree_util.tree_map(
-                        lambda hv, bv: jnp.concatenate([hv, bv.astype(hv.dtype)], axis=1),
-                        honest,
-                        byzantine,
-                    )
-                    weights = jnp.concatenate([weights, jnp.asarray(g.byzantine_weights)], axis=1)
-                keys = jax.random.split(jax.random.fold_in(rule_key, index), size)
-                out, state = jax.vmap(combine)(
-                    own, neighbours, jnp.asarray(g.self_weight), weights, states[index], keys
+    def init(key, indices, sizes, hyper: Hyper) -> GossipState:
+        key, init_key = jax.random.split(key)
+        params = problem.init(init_key)
+        stacked = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (h, *p.shape)), params)
+        momentum = jax.tree_util.tree_map(jnp.zeros_like, stacked)
+        states = tuple(
+            jax.vmap(init_state)(jax.tree_util.tree_map(lambda v, g=g: v[g.nodes], stacked))
+            for g, (_, init_state) in zip(groups, rules, strict=True)
+        )
+        return GossipState(hyper, indices, sizes, stacked, momentum, states, jnp.int32(0), key)
+
+    def communicate(half, states, attack_key, rule_key):
+        new = half
+        new_states = []
+        for index, (g, (combine, _)) in enumerate(zip(groups, rules, strict=True)):
+            own = jax.tree_util.tree_map(lambda v, g=g: v[g.nodes], half)
+            honest = jax.tree_util.tree_map(lambda v, g=g: v[g.honest], half)
+            size = g.nodes.shape[0]
+            neighbours = honest
+            weights = jnp.asarray(g.honest_weights)
+            if g.num_byzantine > 0:
+                keys = jax.random.split(jax.random.fold_in(attack_key, index), size)
+
+                def sent(o, hn, sw, hw, bw, k, u, k_b=g.num_byzantine):
+                    return attack.edge(EdgeInput(o, hn, sw, hw, bw, k_b, k, u))
+
+                byzantine = jax.vmap(sent)(
+                    own,
+                    honest,
+                    jnp.asarray(g.self_weight),
+                    jnp.asarray(g.honest_weights),
+                    jnp.asarray(g.byzantine_weights),
+                    keys,
+                    jnp.asarray(g.fiedler),
                 )
-                new = jax.tree_util.tree_map(
-                    lambda n, o, g=g: n.at[g.nodes].set(o.astype(n.dtype)), new, out
+                neighbours = jax.tree_util.tree_map(
+                    lambda hv, bv: jnp.concatenate([hv, bv.astype(hv.dtype)], axis=1),
+                    honest,
+                    byzantine,
                 )
-                new_states.append(state)
-            return new, tuple(new_states)
-
-        def step(state: GossipState):
-            key, batch_key, attack_key, rule_key = jax.random.split(state.key, 4)
-            lr = state.hyper.lr * schedule(state.count)
-            idx = sample_batches(batch_key, state.indices, state.sizes, config.batch_size)
-            losses, grads = value_and_grad(state.params, (x_train[idx], y_train[idx]))
-            momentum = momentum_update(state.hyper.momentum, state.momentum, grads)
-            wd = state.hyper.weight_decay
-            half = jax.tree_util.tree_map(
-                lambda x, m: (x - lr * (m + wd * x)).astype(x.dtype), state.params, momentum
+                weights = jnp.concatenate([weights, jnp.asarray(g.byzantine_weights)], axis=1)
+            keys = jax.random.split(jax.random.fold_in(rule_key, index), size)
+            out, state = jax.vmap(combine)(
+                own, neighbours, jnp.asarray(g.self_weight), weights, states[index], keys
             )
-            params, rule_states = communicate(half, state.rules, attack_key, rule_key)
-            moved = kernels.worker_norms(jax.tree_util.tree_map(jnp.subtract, params, half))
-            half_mean = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), half)
-            to_mean = kernels.worker_norms(
-                jax.tree_util.tree_map(lambda v, m: v - m[None], params, half_mean)
+            new = jax.tree_util.tree_map(
+                lambda n, o, g=g: n.at[g.nodes].set(o.astype(n.dtype)), new, out
             )
-            metrics = GossipMetrics(
-                train_loss=jnp.mean(losses),
-                aggregate_norm=jnp.mean(moved),
-                distance_to_honest_mean=jnp.mean(to_mean),
-                mean_honest_norm=jnp.mean(kernels.worker_norms(momentum)),
-                consensus_distance=consensus_distance(params),
-                worst_node_accuracy=jnp.float32(jnp.nan),
-            )
-            new_state = GossipState(
-                state.hyper,
-                state.indices,
-                state.sizes,
-                params,
-                momentum,
-                rule_states,
-                state.count + 1,
-                key,
-            )
-            return new_state, metrics
+            new_states.append(state)
+        return new, tuple(new_states)
 
-        def evaluate(params) -> dict:
-            """The average honest model's evaluation, plus the worst honest node's accuracy."""
-            average = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), params)
-            out = dict(base_evaluate(average))
-            per_node = jax.lax.map(lambda p: base_evaluate(p)["test_accuracy"], params)
-            out["worst_node_accuracy"] = jnp.min(per_node)
-            return out
+    def step(state: GossipState):
+        key, batch_key, attack_key, rule_key = jax.random.split(state.key, 4)
+        lr = state.hyper.lr * schedule(state.count)
+        idx = sample_batches(batch_key, state.indices, state.sizes, config.batch_size)
+        losses, grads = value_and_grad(state.params, (x_train[idx], y_train[idx]))
+        momentum = momentum_update(state.hyper.momentum, state.momentum, grads)
+        wd = state.hyper.weight_decay
+        half = jax.tree_util.tree_map(
+            lambda x, m: (x - lr * (m + wd * x)).astype(x.dtype), state.params, momentum
+        )
+        params, rule_states = communicate(half, state.rules, attack_key, rule_key)
+        moved = kernels.worker_norms(jax.tree_util.tree_map(jnp.subtract, params, half))
+        half_mean = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), half)
+        to_mean = kernels.worker_norms(
+            jax.tree_util.tree_map(lambda v, m: v - m[None], params, half_mean)
+        )
+        metrics = GossipMetrics(
+            train_loss=jnp.mean(losses),
+            aggregate_norm=jnp.mean(moved),
+            distance_to_honest_mean=jnp.mean(to_mean),
+            mean_honest_norm=jnp.mean(kernels.worker_norms(momentum)),
+            consensus_distance=consensus_distance(params),
+            worst_node_accuracy=jnp.float32(jnp.nan),
+        )
+        new_state = GossipState(
+            state.hyper,
+            state.indices,
+            state.sizes,
+            params,
+            momentum,
+            rule_states,
+            state.count + 1,
+            key,
+        )
+        return new_state, metrics
 
-        return Algorithm(init, step, evaluate)
+    def evaluate(params) -> dict:
+        """The average honest model's evaluation, plus the worst honest node's accuracy."""
+        average = jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), params)
+        out = dict(base_evaluate(average))
+        per_node = jax.lax.map(lambda p: base_evaluate(p)["test_accuracy"], params)
+        out["worst_node_accuracy"] = jnp.min(per_node)
+        return out
 
-    factory.__name__ = name
+    return Algorithm(init, step, evaluate)
+
+
+def _declare(factory, name: str, make_rule: Callable, options: dict) -> None:
     factory.metrics = GossipMetrics
     factory.options = dict(options)
-    factory.check = check
+    factory.check = _checker(name, make_rule, options)
     factory.decentralized = True
-    factory.uses_defence = uses_defence
-    return factory
 
 
 def _stateless(own):
@@ -484,56 +487,53 @@ def _gts(config, group, b, options):
     return _gts_rule(b, eta), _stateless
 
 
-_DOC_TAIL = """
+@registry("algorithm").register("gossip")
+def gossip(setup: Setup) -> Algorithm:
+    """Decentralized SGD with plain gossip averaging (the baseline, not robust).
+
+    Per round every honest node takes a local momentum SGD step, then
+    ``x_i <- W_ii x_i^+ + sum_j W_ij x_j^+`` over its neighbours ``j``
+    (Byzantine ones included), ``W`` the gossip matrix.
+
     Parameters
     ----------
     setup : Setup
-        The configuration, data set and problem. Read from the
-        configuration: ``topology``, ``topology_options``,
-        ``byzantine_placement``, ``gossip_weights``, ``num_honest``,
-        ``num_byzantine``, ``declared_f``, ``attack`` and its options,
-        ``batch_size``, ``lr``, ``lr_schedule``, ``momentum``,
-        ``weight_decay`` and ``algorithm_options``{extra}.
+        The configuration, data set and problem.
 
     Returns
     -------
     Algorithm
         ``init(key, indices, sizes, hyper) -> GossipState``,
-        ``step(state) -> (state, GossipMetrics)``, ``evaluate(params)``
-        (the average honest model's test metrics plus
-        ``worst_node_accuracy``); ``params(state)`` are every honest node's
-        parameters, leaves ``(h, ...)``.
+        ``step(state) -> (state, GossipMetrics)``, ``evaluate(params)`` (the
+        average honest model's test metrics plus ``worst_node_accuracy``);
+        ``params(state)`` are every honest node's parameters, leaves ``(h, ...)``.
 
     Raises
     ------
     ValueError
         A server-only setting (``clients_per_round``, ``clipping_heuristic``,
         ``local_lr``, a compressor), an attack that cannot be sent per edge,
-        or a rule or attack bound that fails in some node's neighbourhood
-        (the message names the node and its degree).
-"""
+        or an attack bound that fails in some node's neighbourhood (the
+        message names the node and its degree).
 
+    Notes
+    -----
+    Fields read from the configuration: ``topology``, ``topology_options``,
+    ``byzantine_placement``, ``gossip_weights``, ``num_honest``,
+    ``num_byzantine``, ``declared_f``, ``attack`` and its options,
+    ``batch_size``, ``lr``, ``lr_schedule``, ``momentum``, ``weight_decay``
+    and ``algorithm_options`` (the robust variants' options). The other
+    decentralized algorithms take the same and return the same.
 
-def _document(factory, summary: str, body: str, extra: str, example: str) -> None:
-    factory.__doc__ = summary + "\n\n" + body + _DOC_TAIL.format(extra=extra) + example
+    References
+    ----------
+    A. Koloskova, N. Loizou, S. Boreiri, M. Jaggi, S. U. Stich, "A unified
+    theory of decentralized SGD with changing topology and local updates",
+    ICML 2020.
 
-
-gossip = _decentralized("gossip", _gossip, {}, uses_defence=False)
-_document(
-    gossip,
-    "Decentralized SGD with plain gossip averaging (the baseline, not robust).",
-    "    ``x_i <- W_ii x_i^+ + sum_j W_ij x_j^+`` over the neighbours ``j``\n"
-    "    (Byzantine ones included), ``W`` the gossip matrix.\n\n"
-    "    References\n    ----------\n"
-    "    A. Koloskova, N. Loizou, S. Boreiri, M. Jaggi, S. U. Stich, \"A unified\n"
-    "    theory of decentralized SGD with changing topology and local updates\",\n"
-    "    ICML 2020.\n",
-    "",
-    """
     Examples
     --------
-    Two rounds on a ring of 6 honest nodes; every node reports its own
-    model, and the average honest model is evaluated:
+    Two rounds on a ring of 6 honest nodes; every node keeps its own model:
 
     >>> from jaxrobust.config import Config
     >>> from jaxrobust.simulator import simulate
@@ -542,124 +542,218 @@ _document(
     >>> result = simulate(config)
     >>> result.params["params"]["dense"]["kernel"].shape  # (seeds, nodes, features, classes)
     (1, 6, 64, 10)
-    >>> 0 <= result.rows[-1]["worst_node_accuracy"] <= result.rows[-1]["test_accuracy"] + 1
-    True
-""",
-)
-
-robust_gossip = _decentralized("robust_gossip", _robust, {}, uses_defence=True)
-_document(
-    robust_gossip,
-    "Any jaxrobust defence over each node's neighbourhood (NNA-style robust gossip).",
-    "    ``x_i <- R(x_i^+, x_{j_1}^+, ..., x_{j_d}^+)``: the configuration's\n"
-    "    defence chain ``R`` (pre-aggregators, then one aggregator) over the\n"
-    "    node's own and its ``d`` neighbours' vectors, built for ``d + 1``\n"
-    "    vectors with ``f`` the local bound; with ``defence: [nnm, mean]``\n"
-    "    this is nearest-neighbour averaging.\n\n"
-    "    References\n    ----------\n"
-    "    S. Farhadkhani, R. Guerraoui, N. Gupta, L.-N. Hoang, R. Pinot,\n"
-    "    J. Stephan, \"Robust collaborative learning with linear gradient\n"
-    "    overhead\", ICML 2023 (NNA).\n",
-    ", ``defence`` and the rules' options",
+    >>> sorted(k for k in result.rows[-1] if "node" in k or "consensus" in k)
+    ['consensus_distance', 'worst_node_accuracy']
     """
+    return _build(setup, "gossip", _gossip, {})
+
+
+@registry("algorithm").register("robust_gossip")
+def robust_gossip(setup: Setup) -> Algorithm:
+    """Any jaxrobust defence over each node's neighbourhood (NNA-style robust gossip).
+
+    ``x_i <- R(x_i^+, x_{j_1}^+, ..., x_{j_d}^+)``: the configuration's
+    defence chain ``R`` (pre-aggregators, then one aggregator, with the
+    rules' options) over the node's own and its ``d`` neighbours' vectors,
+    built for ``d + 1`` vectors with ``f`` the local bound. With
+    ``defence: [nnm, mean]`` this is nearest-neighbour averaging.
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem (see :func:`gossip`).
+
+    Returns
+    -------
+    Algorithm
+        As :func:`gossip`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gossip`, and a rule whose bound fails in a node's
+        neighbourhood (the message names the node and its degree).
+
+    References
+    ----------
+    S. Farhadkhani, R. Guerraoui, N. Gupta, L.-N. Hoang, R. Pinot,
+    J. Stephan, "Robust collaborative learning with linear gradient
+    overhead", ICML 2023 (NNA).
+
     Examples
     --------
     >>> from jaxrobust.config import Config
-    >>> Config(algorithm="robust_gossip", topology="ring", defence=("trimmed_mean",),
+    >>> Config(algorithm="robust_gossip", topology="ring", defence=("krum",),
     ...        num_honest=5, num_byzantine=1).validate()
     Traceback (most recent call last):
     ...
-    jaxrobust.config.ConfigError: trimmed_mean needs n > 2f... node ... (degree 2: 3 vectors...
-""",
-)
-
-bridge = _decentralized("bridge", _bridge, {}, uses_defence=False)
-_document(
-    bridge,
-    "BRIDGE: coordinate-wise trimmed mean over each node's own and neighbours' vectors.",
-    "    Per coordinate, drop the ``b`` largest and ``b`` smallest of the\n"
-    "    ``d + 1`` values and average the rest (needs ``d + 1 > 2b`` in every\n"
-    "    neighbourhood).\n\n"
-    "    References\n    ----------\n"
-    "    Z. Yang, W. U. Bajwa, \"BRIDGE: Byzantine-resilient decentralized\n"
-    "    gradient descent\", arXiv:1908.08098 (2019), algorithm 1 (BRIDGE-T).\n",
-    "",
+    jaxrobust.config.ConfigError: krum needs n > 2f + 2... node ... (degree 2: 3 vectors...
     """
+    return _build(setup, "robust_gossip", _robust, {})
+
+
+@registry("algorithm").register("bridge")
+def bridge(setup: Setup) -> Algorithm:
+    """BRIDGE: coordinate-wise trimmed mean over each node's own and neighbours' vectors.
+
+    Per coordinate, drop the ``b`` largest and ``b`` smallest of the
+    ``d + 1`` values and average the rest (``b`` the local bound; needs
+    ``d + 1 > 2b`` in every neighbourhood).
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem (see :func:`gossip`).
+
+    Returns
+    -------
+    Algorithm
+        As :func:`gossip`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`robust_gossip`.
+
+    References
+    ----------
+    Z. Yang, W. U. Bajwa, "BRIDGE: Byzantine-resilient decentralized
+    gradient descent", arXiv:1908.08098 (2019), algorithm 1 (BRIDGE-T).
+
     Examples
     --------
     >>> bridge.metrics._fields[-2:]
     ('consensus_distance', 'worst_node_accuracy')
-""",
-)
-
-clipped_gossip = _decentralized("clipped_gossip", _clipped, {"tau": None}, uses_defence=False)
-_document(
-    clipped_gossip,
-    "ClippedGossip: gossip on neighbour differences clipped to a radius around the node.",
-    "    ``x_i <- x_i^+ + sum_j W_ij clip_tau_i(x_j^+ - x_i^+)``. With\n"
-    "    ``algorithm_options: {tau: null}`` (the default) the radius is\n"
-    "    adaptive: ``tau_i`` is the ``(b + 1)``-th largest distance\n"
-    "    ``||x_j^+ - x_i^+||`` over the node's neighbours, so that the ``b``\n"
-    "    farthest are clipped (``b`` the local bound); a number fixes it.\n\n"
-    "    Notes\n    -----\n"
-    "    **Convention**: the paper's adaptive rule (section 4) sets ``tau_i``\n"
-    "    from the honest neighbours' expected distances, which a node cannot\n"
-    "    compute; its public experiments clip above the second-largest\n"
-    "    distance, which is this rule with ``b = 1``.\n\n"
-    "    References\n    ----------\n"
-    "    L. He, S. P. Karimireddy, M. Jaggi, \"Byzantine-robust decentralized\n"
-    "    learning via ClippedGossip\", arXiv:2202.01545 (2022), algorithm 1\n"
-    "    and section 4.\n",
-    "",
     """
+    return _build(setup, "bridge", _bridge, {})
+
+
+@registry("algorithm").register("clipped_gossip")
+def clipped_gossip(setup: Setup) -> Algorithm:
+    """ClippedGossip: gossip on neighbour differences clipped to a radius around the node.
+
+    ``x_i <- x_i^+ + sum_j W_ij clip_tau_i(x_j^+ - x_i^+)``. With
+    ``algorithm_options: {tau: null}`` (the default) the radius is
+    adaptive: ``tau_i`` is the ``(b + 1)``-th largest distance
+    ``||x_j^+ - x_i^+||`` over the node's neighbours, so that the ``b``
+    farthest are clipped (``b`` the local bound); a number fixes it.
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem (see :func:`gossip`).
+
+    Returns
+    -------
+    Algorithm
+        As :func:`gossip`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gossip`, and ``tau <= 0``.
+
+    Notes
+    -----
+    **Convention**: the paper's adaptive radius (section 4) is set from the
+    honest neighbours' expected distances, which a node cannot observe;
+    the authors' public experiments clip above the second-largest
+    distance, which is this rule with ``b = 1``.
+
+    References
+    ----------
+    L. He, S. P. Karimireddy, M. Jaggi, "Byzantine-robust decentralized
+    learning via ClippedGossip", arXiv:2202.01545 (2022), algorithm 1 and
+    section 4.
+
     Examples
     --------
     >>> dict(clipped_gossip.options)
     {'tau': None}
-""",
-)
-
-cs_plus_rg = _decentralized("cs_plus_rg", _cs_plus, {"eta": 1.0}, uses_defence=False)
-_document(
-    cs_plus_rg,
-    "CS+-RG: robust gossip with the clipped sum of weighted differences, 2b of them clipped.",
-    "    ``x_i <- x_i^+ + eta sum_j clip_tau_i(W_ij (x_j^+ - x_i^+))`` with\n"
-    "    ``tau_i`` the ``(2b + 1)``-th largest norm ``||W_ij (x_j^+ - x_i^+)||``\n"
-    "    (zero when the node has at most ``2b`` neighbours), so that exactly\n"
-    "    the ``2b`` largest weighted differences are clipped.\n\n"
-    "    References\n    ----------\n"
-    "    R. Gaucher, A. Dieuleveut, H. Hendrikx, \"Unified breakdown analysis\n"
-    "    for Byzantine robust gossip\", ICML 2025, section 4 (F-RG and the\n"
-    "    CS+ rule).\n",
-    "",
     """
+    return _build(setup, "clipped_gossip", _clipped, {"tau": None})
+
+
+@registry("algorithm").register("cs_plus_rg")
+def cs_plus_rg(setup: Setup) -> Algorithm:
+    """CS+-RG: robust gossip on the clipped sum of weighted differences, 2b of them clipped.
+
+    ``x_i <- x_i^+ + eta sum_j clip_tau_i(W_ij (x_j^+ - x_i^+))`` with
+    ``tau_i`` the ``(2b + 1)``-th largest norm ``||W_ij (x_j^+ - x_i^+)||``
+    (zero when the node has at most ``2b`` neighbours), so that exactly the
+    ``2b`` largest weighted differences are clipped. ``algorithm_options``:
+    ``eta`` (default 1).
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem (see :func:`gossip`).
+
+    Returns
+    -------
+    Algorithm
+        As :func:`gossip`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gossip`, and ``eta <= 0``.
+
+    References
+    ----------
+    R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
+    Byzantine robust gossip", ICML 2025, section 4 (the F-RG framework and
+    the CS+ rule).
+
     Examples
     --------
     >>> dict(cs_plus_rg.options)
     {'eta': 1.0}
-""",
-)
-
-gts_rg = _decentralized("gts_rg", _gts, {"eta": 1.0}, uses_defence=False)
-_document(
-    gts_rg,
-    "GTS-RG: robust gossip dropping the b largest weighted differences (trimmed sum).",
-    "    ``x_i <- x_i^+ + eta sum_{j kept} W_ij (x_j^+ - x_i^+)``, where the\n"
-    "    ``b`` neighbours of largest ``||W_ij (x_j^+ - x_i^+)||`` are dropped\n"
-    "    (ties to the earlier neighbour in table order).\n\n"
-    "    References\n    ----------\n"
-    "    R. Gaucher, A. Dieuleveut, H. Hendrikx, \"Unified breakdown analysis\n"
-    "    for Byzantine robust gossip\", ICML 2025, section 4 (trimmed-sum\n"
-    "    aggregation within F-RG).\n",
-    "",
     """
+    return _build(setup, "cs_plus_rg", _cs_plus, {"eta": 1.0})
+
+
+@registry("algorithm").register("gts_rg")
+def gts_rg(setup: Setup) -> Algorithm:
+    """GTS-RG: robust gossip dropping the b largest weighted differences (trimmed sum).
+
+    ``x_i <- x_i^+ + eta sum_{j kept} W_ij (x_j^+ - x_i^+)``, where the
+    ``b`` neighbours of largest ``||W_ij (x_j^+ - x_i^+)||`` are dropped
+    (ties to the earlier neighbour in table order). ``algorithm_options``:
+    ``eta`` (default 1).
+
+    Parameters
+    ----------
+    setup : Setup
+        The configuration, data set and problem (see :func:`gossip`).
+
+    Returns
+    -------
+    Algorithm
+        As :func:`gossip`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gossip`, and ``eta <= 0``.
+
+    References
+    ----------
+    R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
+    Byzantine robust gossip", ICML 2025, section 4 (trimmed-sum aggregation
+    within F-RG).
+
     Examples
     --------
     >>> dict(gts_rg.options)
     {'eta': 1.0}
-""",
-)
+    """
+    return _build(setup, "gts_rg", _gts, {"eta": 1.0})
 
-ALGORITHMS = registry("algorithm")
-for _factory in (gossip, robust_gossip, bridge, clipped_gossip, cs_plus_rg, gts_rg):
-    ALGORITHMS.register(_factory.__name__, _factory)
+
+_declare(gossip, "gossip", _gossip, {})
+_declare(robust_gossip, "robust_gossip", _robust, {})
+_declare(bridge, "bridge", _bridge, {})
+_declare(clipped_gossip, "clipped_gossip", _clipped, {"tau": None})
+_declare(cs_plus_rg, "cs_plus_rg", _cs_plus, {"eta": 1.0})
+_declare(gts_rg, "gts_rg", _gts, {"eta": 1.0})
