@@ -217,7 +217,9 @@ def _clipped_gossip_rule(tau: float | None, b: int) -> Combine:
     def rule(own, neighbours, self_weight, weights, state, key):
         diffs = _differences(own, neighbours)
         distances = kernels.worker_norms(diffs)
-        radius = _kth_largest(distances, b + 1) if tau is None else jnp.float32(tau)
+        # the b farthest clipped, but never all of them: at least the nearest keeps its length
+        clipped_count = min(b, max(distances.shape[0] - 1, 0))
+        radius = _kth_largest(distances, clipped_count + 1) if tau is None else jnp.float32(tau)
         clipped = functional.clip_to(diffs, radius)
         return _add(own, kernels.weighted_sum(weights, clipped)), state
 
@@ -634,9 +636,10 @@ def clipped_gossip(setup: Setup) -> Algorithm:
 
     ``x_i <- x_i^+ + sum_j W_ij clip_tau_i(x_j^+ - x_i^+)``. With
     ``algorithm_options: {tau: null}`` (the default) the radius is
-    adaptive: ``tau_i`` is the ``(b + 1)``-th largest distance
-    ``||x_j^+ - x_i^+||`` over the node's neighbours, so that the ``b``
-    farthest are clipped (``b`` the local bound); a number fixes it.
+    adaptive: ``tau_i`` is the ``(c + 1)``-th largest distance
+    ``||x_j^+ - x_i^+||`` over the node's ``d`` neighbours with
+    ``c = min(b, d - 1)``, so that the ``b`` farthest are clipped (``b`` the
+    local bound) but the nearest never is; a number fixes it.
 
     Parameters
     ----------
