@@ -156,21 +156,36 @@ class _RuleOptions:
         return core_schema.no_info_after_validator_function(_check_rule_options, handler(source))
 
 
-class _Topology:
+@dataclasses.dataclass(frozen=True)
+class _Topology(Registered):
     """Field metadata of ``topology``: a registered topology or a path to an existing file."""
 
-    @staticmethod
-    def check(name: str) -> str:
-        if not os.path.isfile(name):
+    kind: str = "topology"
+
+    def check(self, name: str | None) -> str | None:
+        if name is not None and not os.path.isfile(name):
             registry("topology").entry(name)  # ValueError listing the names if unknown
         return name
 
-    @staticmethod
-    def allowed() -> str:
-        return "a registered topology name (see `jaxrobust list`) or a path to an adjacency matrix"
+    def allowed(self) -> str:
+        return "a registered topology (see `jaxrobust list`) or a path to an adjacency matrix"
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+@dataclasses.dataclass(frozen=True)
+class _Choice(Registered):
+    """Field metadata: one of a fixed set of words (``kind`` names the field)."""
+
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: str | None) -> str | None:
+        if value is not None and value not in self.choices:
+            raise ValueError(
+                f"unknown {self.kind} {value!r}; choose one of: {', '.join(self.choices)}"
+            )
+        return value
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join(self.choices)
 
 
 def _vmapped(description: str) -> dict[str, Any]:
@@ -283,7 +298,7 @@ class Config(BaseModel):
         None, gt=0.0, description="the clients' learning rate of local steps (none: lr)"
     )
     # decentralized algorithms (the communication graph)
-    topology: Annotated[str, _Topology()] | None = Field(
+    topology: Annotated[str | None, _Topology()] = Field(
         None,
         description="graph of a decentralized algorithm: a registered topology or a path to "
         "an adjacency matrix (none: complete)",
@@ -291,11 +306,11 @@ class Config(BaseModel):
     topology_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the topology, e.g. {p: 0.3}"
     )
-    byzantine_placement: typing.Literal["random", "highest_degree"] | None = Field(
-        None, description="which nodes are Byzantine (none: random, seeded by data_seed)"
-    )
-    gossip_weights: typing.Literal["metropolis", "uniform"] | None = Field(
-        None, description="gossip weights of the graph (none: metropolis)"
+    byzantine_placement: Annotated[
+        str | None, _Choice("byzantine_placement", ("random", "highest_degree"))
+    ] = Field(None, description="which nodes are Byzantine (none: random, seeded by data_seed)")
+    gossip_weights: Annotated[str | None, _Choice("gossip_weights", ("metropolis", "uniform"))] = (
+        Field(None, description="gossip weights of the graph (none: metropolis)")
     )
     compressor: Annotated[str, Registered("compressor")] = Field(
         "identity", description="compression of the worker messages"
