@@ -360,11 +360,10 @@ def test_spectral_attack_pushes_along_the_fiedler_profile():
 
 def test_jit_and_no_jit_agree():
     config = _config(
-        algorithm="robust_gossip",
+        algorithm="gossip",
         topology="ring",
-        num_honest=5,
+        num_honest=4,
         num_byzantine=1,
-        defence=("median",),
         attack="alie",
         lr=0.1,
     )

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrobust import attacks, functional, kernels
@@ -342,6 +343,7 @@ def _build(setup: Setup, name: str, make_rule: Callable, options: dict) -> Algor
     x_train, y_train = setup.x_train, setup.y_train
     schedule = lr_factor(config)
     h = graph.num_honest
+    placement = jnp.asarray(np.argsort(np.concatenate([g.nodes for g in groups])))
     base_evaluate = setup.evaluate()
     value_and_grad = jax.vmap(jax.value_and_grad(problem.loss))
 
@@ -357,8 +359,7 @@ def _build(setup: Setup, name: str, make_rule: Callable, options: dict) -> Algor
         return GossipState(hyper, indices, sizes, stacked, momentum, states, jnp.int32(0), key)
 
     def communicate(half, states, attack_key, rule_key):
-        new = half
-        new_states = []
+        outs, new_states = [], []
         for index, (g, (combine, _)) in enumerate(zip(groups, rules, strict=True)):
             own = jax.tree_util.tree_map(lambda v, g=g: v[g.nodes], half)
             honest = jax.tree_util.tree_map(lambda v, g=g: v[g.honest], half)
@@ -390,10 +391,12 @@ def _build(setup: Setup, name: str, make_rule: Callable, options: dict) -> Algor
             out, state = jax.vmap(combine)(
                 own, neighbours, jnp.asarray(g.self_weight), weights, states[index], keys
             )
-            new = jax.tree_util.tree_map(
-                lambda n, o, g=g: n.at[g.nodes].set(o.astype(n.dtype)), new, out
-            )
+            outs.append(out)
             new_states.append(state)
+        # the groups partition the honest nodes: one gather puts every node back in place
+        new = jax.tree_util.tree_map(
+            lambda h, *o: jnp.concatenate(o)[placement].astype(h.dtype), half, *outs
+        )
         return new, tuple(new_states)
 
     def step(state: GossipState):
