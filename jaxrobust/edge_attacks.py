@@ -140,7 +140,10 @@ def per_neighbourhood(attack: Attack) -> EdgeAttack:
 
     The attack sees the ``1 + k_h`` differences ``x_j - x_i`` of the
     honest models node ``i`` aggregates (its own first) and returns ``k_b``
-    vectors ``v``; the Byzantine neighbours send ``x_i + v``.
+    vectors ``v``; the Byzantine neighbours send ``x_i + v``. ``none`` is
+    the exception: Byzantine neighbour ``j`` behaves like an honest
+    neighbour and sends honest neighbour ``j mod k_h``'s model (the
+    receiver's own if it has none), never a copy of the receiver's model.
 
     Parameters
     ----------
@@ -182,6 +185,17 @@ def per_neighbourhood(attack: Attack) -> EdgeAttack:
             f"attack {attack.name!r} keeps a state and cannot be sent per edge; per-edge "
             "attacks: " + ", ".join(EDGE_READY)
         )
+
+    if attack.name == "none":  # behave like an honest neighbour, not like the receiver
+
+        def honest_copies(inp: EdgeInput) -> PyTree:
+            k_h = _num_honest(inp)
+            if k_h == 0:
+                return attacks.repeat(inp.own, inp.num_byzantine)
+            rows = jnp.arange(inp.num_byzantine) % k_h
+            return jax.tree_util.tree_map(lambda h: h[rows], inp.honest)
+
+        return EdgeAttack(attack.name, attack.apply, edge=honest_copies)
 
     def edge(inp: EdgeInput) -> PyTree:
         diffs = _neighbourhood_differences(inp)

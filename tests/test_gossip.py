@@ -475,3 +475,15 @@ def test_every_gossip_algorithm_is_registered_and_decentralized():
             "consensus_distance",
             "worst_node_accuracy",
         )
+
+
+def test_no_attack_sends_honest_neighbours_models():
+    config = _config(topology="ring", num_honest=5, num_byzantine=1, attack="none")
+    x, new, graph, _ = _round(config)
+    w = graph.weights
+    for i in range(graph.num_honest):
+        honest, byzantine = _neighbourhood(graph, i)
+        sent = [x[honest[j % len(honest)]] for j in range(len(byzantine))]
+        expected = w[i, i] * x[i] + w[i, honest] @ x[honest]
+        expected = expected + sum(w[i, b] * v for b, v in zip(byzantine, sent, strict=True))
+        np.testing.assert_allclose(new[i], expected, rtol=1e-5, atol=1e-5)
