@@ -10,10 +10,10 @@ default model; batch 25 per node), one round of:
 * ``gossip`` (plain gossip averaging) with ``n`` honest nodes;
 * ``clipped_gossip`` with ``n`` nodes of which ``n // 10`` are Byzantine
   (highest degree), sending the dissensus attack along each edge;
-* a server round of Robust D-SGD (``dsgd``) with ``n`` workers and the mean,
-  the same total work: ``n`` minibatch gradients and one combination of
-  ``n`` vectors (``n - n // 10`` honest and the sign-flip attack for the
-  ``trimmed_mean`` line).
+* a server round of D-SGD (``dsgd``) with ``n`` workers and the mean, the
+  same total work: ``n`` minibatch gradients and one combination of ``n``
+  vectors (the trimmed mean is left out: its sorting network over 1,000
+  workers takes minutes to compile on a CPU).
 
 Each step is jitted on one run's state; the time is the best of
 ``--repeats`` calls after compilation, each waited for with
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     print(f"digits, model {args.model}, batch 25 per node, topology {args.topology}")
     header = (
         f"{'nodes':>6} {'degree':>7} {'gossip ms':>10} {'clipped+attack ms':>18} "
-        f"{'dsgd mean ms':>13} {'dsgd trimmed ms':>16} {'gossip/dsgd':>12}"
+        f"{'dsgd mean ms':>13} {'gossip/dsgd':>12} {'compile s (gossip)':>19}"
     )
     print(header)
     print("-" * len(header))
@@ -98,16 +98,12 @@ def main(argv=None) -> int:
             **common,
         )
         mean = Config(num_honest=n, num_byzantine=0, defence=("mean",), **common)
-        trimmed = Config(
-            num_honest=n - b, num_byzantine=b, attack="sign_flip", defence=("trimmed_mean",),
-            **common,
-        )  # fmt: skip
         degree = graph_of(gossip).degrees.max()
-        times = [time_step(c, dataset, args.repeats)[1] * 1e3 for c in (gossip, clipped, mean)]
-        times.append(time_step(trimmed, dataset, args.repeats)[1] * 1e3)
+        measured = [time_step(c, dataset, args.repeats) for c in (gossip, clipped, mean)]
+        times = [best * 1e3 for _, best in measured]
         print(
             f"{n:>6} {degree:>7} {times[0]:>10.2f} {times[1]:>18.2f} {times[2]:>13.2f} "
-            f"{times[3]:>16.2f} {times[0] / times[2]:>12.2f}",
+            f"{times[0] / times[2]:>12.2f} {measured[0][0]:>19.1f}",
             flush=True,
         )
     return 0
