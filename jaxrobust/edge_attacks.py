@@ -30,12 +30,11 @@ registry: ``dissensus`` (He et al. 2022) and ``spectral`` (Gaucher et al.
 References
 ----------
 L. He, S. P. Karimireddy, M. Jaggi, "Byzantine-robust decentralized learning
-via ClippedGossip", arXiv:2202.01545 (2022), section 5 (the dissensus
-attack) and section 6 (ALIE, IPM, bit flipping adapted to graphs).
+via ClippedGossip", arXiv:2202.01545 (2022): the dissensus attack, and
+ALIE, IPM and bit flipping adapted to graphs (their experiments).
 
 R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
-Byzantine robust gossip", ICML 2025, section 6 (the spectral heterogeneity
-attack).
+Byzantine robust gossip", ICML 2025 (the spectral heterogeneity attack).
 """
 
 from __future__ import annotations
@@ -236,8 +235,8 @@ def dissensus(epsilon: float = 1.0) -> EdgeAttack:
     References
     ----------
     L. He, S. P. Karimireddy, M. Jaggi, "Byzantine-robust decentralized
-    learning via ClippedGossip", arXiv:2202.01545 (2022), section 5
-    (the dissensus attack).
+    learning via ClippedGossip", arXiv:2202.01545 (2022) (the dissensus
+    attack).
 
     Examples
     --------
@@ -303,7 +302,7 @@ def spectral(epsilon: float = 1.0, seed: int = 0) -> EdgeAttack:
     References
     ----------
     R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
-    Byzantine robust gossip", ICML 2025, section 6 (spectral heterogeneity
+    Byzantine robust gossip", ICML 2025 (the spectral heterogeneity
     attack).
 
     Examples

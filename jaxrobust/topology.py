@@ -356,7 +356,7 @@ def gossip_matrix(adjacency: np.ndarray, weights: str = "metropolis") -> np.ndar
     References
     ----------
     L. Xiao, S. Boyd, "Fast linear iterations for distributed averaging",
-    Systems & Control Letters 53 (2004), section 4.2 (Metropolis-Hastings).
+    Systems & Control Letters 53 (2004) (the Metropolis-Hastings weights).
 
     Examples
     --------

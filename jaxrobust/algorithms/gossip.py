@@ -623,7 +623,8 @@ def bridge(setup: Setup) -> Algorithm:
     References
     ----------
     Z. Yang, W. U. Bajwa, "BRIDGE: Byzantine-resilient decentralized
-    gradient descent", arXiv:1908.08098 (2019), algorithm 1 (BRIDGE-T).
+    gradient descent", arXiv:1908.08098 (2019) (BRIDGE-T, the trimmed-mean
+    variant).
 
     Examples
     --------
@@ -661,7 +662,7 @@ def clipped_gossip(setup: Setup) -> Algorithm:
 
     Notes
     -----
-    **Convention**: the paper's adaptive radius (section 4) is set from the
+    **Convention**: the paper's adaptive radius is set from the
     honest neighbours' expected distances, which a node cannot observe;
     the authors' public experiments clip above the second-largest
     distance, which is this rule with ``b = 1``.
@@ -669,8 +670,8 @@ def clipped_gossip(setup: Setup) -> Algorithm:
     References
     ----------
     L. He, S. P. Karimireddy, M. Jaggi, "Byzantine-robust decentralized
-    learning via ClippedGossip", arXiv:2202.01545 (2022), algorithm 1 and
-    section 4.
+    learning via ClippedGossip", arXiv:2202.01545 (2022) (the algorithm
+    and its adaptive clipping radius).
 
     Examples
     --------
@@ -708,8 +709,8 @@ def cs_plus_rg(setup: Setup) -> Algorithm:
     References
     ----------
     R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
-    Byzantine robust gossip", ICML 2025, section 4 (the F-RG framework and
-    the CS+ rule).
+    Byzantine robust gossip", ICML 2025 (the F-RG framework and the CS+
+    rule).
 
     Examples
     --------
@@ -746,8 +747,8 @@ def gts_rg(setup: Setup) -> Algorithm:
     References
     ----------
     R. Gaucher, A. Dieuleveut, H. Hendrikx, "Unified breakdown analysis for
-    Byzantine robust gossip", ICML 2025, section 4 (trimmed-sum aggregation
-    within F-RG).
+    Byzantine robust gossip", ICML 2025 (trimmed-sum aggregation within
+    F-RG).
 
     Examples
     --------
