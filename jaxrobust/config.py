@@ -432,8 +432,13 @@ class Config(BaseModel):
             of workers, ``local_steps > 1`` with an algorithm other than
             ``dsgd``, options a component does not take, or an ``(n, f)`` the
             attack's defaults cannot take
-            (:func:`jaxrobust.attacks.check_config_bounds`). A rule's bound is
-            checked when the defence is built, before anything runs.
+            (:func:`jaxrobust.attacks.check_config_bounds`). Graph fields
+            (``topology``, ``topology_options``, ``byzantine_placement``,
+            ``gossip_weights``) or a per-edge attack with a server algorithm;
+            for a decentralized algorithm, its check (the graph is built, and
+            a rule or attack bound failing in a node's neighbourhood names the
+            node and its degree). A server rule's bound is checked when the
+            defence is built, before anything runs.
         """
         if self.steps % self.eval_every:
             fit = max(
