@@ -18,6 +18,7 @@ from jaxrobust.config import (
     describe,
     load_plugins,
 )
+from jaxrobust.core import registry
 
 #: Config fields without a flag of their own (``plugins``: the repeatable ``--plugin``).
 NO_FLAG = ("plugins",)
@@ -109,6 +110,10 @@ def command_run(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     check_setting(config)  # a rule's bound or a bad option fails before anything is shown
+    if getattr(registry("algorithm")[config.algorithm], "decentralized", False):
+        from jaxrobust.topology import graph_of
+
+        print(graph_of(config).describe())  # nodes, degrees, spectral gap
     dataset = simulator.load_for(config)
     if args.show_partition:
         from jaxrobust.data import class_counts, format_class_table

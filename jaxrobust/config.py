@@ -82,7 +82,15 @@ COMPONENTS = {
 
 #: Fields written by :meth:`Config.to_dict` only when not empty (added after the
 #: first release; sweeps' run ids hash the written fields).
-OMITTED_WHEN_EMPTY = ("plugins", "defence_options", "heterogeneity_options")
+OMITTED_WHEN_EMPTY = (
+    "plugins",
+    "defence_options",
+    "heterogeneity_options",
+    "topology",
+    "topology_options",
+    "byzantine_placement",
+    "gossip_weights",
+)
 
 
 class ConfigError(ValueError):
@@ -146,6 +154,38 @@ class _RuleOptions:
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
         return core_schema.no_info_after_validator_function(_check_rule_options, handler(source))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Topology(Registered):
+    """Field metadata of ``topology``: a registered topology or a path to an existing file."""
+
+    kind: str = "topology"
+
+    def check(self, name: str | None) -> str | None:
+        if name is not None and not os.path.isfile(name):
+            registry("topology").entry(name)  # ValueError listing the names if unknown
+        return name
+
+    def allowed(self) -> str:
+        return "a registered topology (see `jaxrobust list`) or a path to an adjacency matrix"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Choice(Registered):
+    """Field metadata: one of a fixed set of words (``kind`` names the field)."""
+
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: str | None) -> str | None:
+        if value is not None and value not in self.choices:
+            raise ValueError(
+                f"unknown {self.kind} {value!r}; choose one of: {', '.join(self.choices)}"
+            )
+        return value
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join(self.choices)
 
 
 def _vmapped(description: str) -> dict[str, Any]:
@@ -256,6 +296,21 @@ class Config(BaseModel):
     local_steps: int = Field(1, ge=1, description="local SGD steps per round (dsgd)")
     local_lr: float | None = Field(
         None, gt=0.0, description="the clients' learning rate of local steps (none: lr)"
+    )
+    # decentralized algorithms (the communication graph)
+    topology: Annotated[str | None, _Topology()] = Field(
+        None,
+        description="graph of a decentralized algorithm: a registered topology or a path to "
+        "an adjacency matrix (none: complete)",
+    )
+    topology_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the topology, e.g. {p: 0.3}"
+    )
+    byzantine_placement: Annotated[
+        str | None, _Choice("byzantine_placement", ("random", "highest_degree"))
+    ] = Field(None, description="which nodes are Byzantine (none: random, seeded by data_seed)")
+    gossip_weights: Annotated[str | None, _Choice("gossip_weights", ("metropolis", "uniform"))] = (
+        Field(None, description="gossip weights of the graph (none: metropolis)")
     )
     compressor: Annotated[str, Registered("compressor")] = Field(
         "identity", description="compression of the worker messages"
@@ -377,8 +432,13 @@ class Config(BaseModel):
             of workers, ``local_steps > 1`` with an algorithm other than
             ``dsgd``, options a component does not take, or an ``(n, f)`` the
             attack's defaults cannot take
-            (:func:`jaxrobust.attacks.check_config_bounds`). A rule's bound is
-            checked when the defence is built, before anything runs.
+            (:func:`jaxrobust.attacks.check_config_bounds`). Graph fields
+            (``topology``, ``topology_options``, ``byzantine_placement``,
+            ``gossip_weights``) or a per-edge attack with a server algorithm;
+            for a decentralized algorithm, its check (the graph is built, and
+            a rule or attack bound failing in a node's neighbourhood names the
+            node and its degree). A server rule's bound is checked when the
+            defence is built, before anything runs.
         """
         if self.steps % self.eval_every:
             fit = max(
@@ -419,9 +479,37 @@ class Config(BaseModel):
                 raise ConfigError(f"{field}={getattr(self, field)!r}: {err}") from None
         try:
             importlib.import_module("jaxrobust.attacks").check_config_bounds(self)
+            self._check_decentralized()
         except ValueError as err:
             raise ConfigError(str(err)) from None
         return self
+
+    def _check_decentralized(self) -> None:
+        """Graph fields only with a decentralized algorithm, whose check builds the graph."""
+        factory = registry("algorithm").entry(self.algorithm).factory
+        attack = registry("attack").entry(self.attack).factory
+        graph_fields = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("topology", "topology_options", "byzantine_placement", "gossip_weights")
+            if getattr(self, name)
+        ]
+        decentralized = [
+            n for n, f in registry("algorithm").items() if getattr(f, "decentralized", False)
+        ]
+        if not getattr(factory, "decentralized", False):
+            if graph_fields:
+                raise ValueError(
+                    f"{', '.join(graph_fields)} configure decentralized algorithms "
+                    f"({', '.join(decentralized)}), got algorithm={self.algorithm!r}"
+                )
+            if getattr(attack, "per_edge", False) and self.num_byzantine > 0:
+                raise ValueError(
+                    f"attack {self.attack!r} is sent per edge of a graph: it needs a "
+                    f"decentralized algorithm ({', '.join(decentralized)}), "
+                    f"got algorithm={self.algorithm!r}"
+                )
+            return
+        factory.check(self)  # builds the graph; a rule's bound names the node and its degree
 
     def _check_attack_options(self) -> None:
         attacks = registry("attack")

@@ -50,6 +50,12 @@ def inclusive(bound):
     return getattr(bound, attr) if attr in ("ge", "le") else None
 
 
+def _listed(name):
+    """Text the message of an unknown name shows: the default among the names listed."""
+    default = default_of(name)
+    return "choose one of" if default is None else str(default)
+
+
 def field_cases():
     """(field, bad value, what the message must say is allowed), one per declared bound."""
     cases = []
@@ -70,7 +76,7 @@ def field_cases():
                 declared = True
             elif isinstance(item, Registered):
                 cases.append(
-                    pytest.param(name, "no_such_name", str(default_of(name)), id=name)
+                    pytest.param(name, "no_such_name", _listed(name), id=name)
                 )  # the message lists the registered names, the default among them
                 declared = True
             elif isinstance(item, annotated_types.MinLen):
@@ -83,6 +89,9 @@ def field_cases():
                 declared = True
         if name in OPTION_FIELDS:
             cases.append(pytest.param(name, {"no_such_option": 1}, "valid options", id=name))
+            declared = True
+        if name == "topology_options":  # a server algorithm takes no graph (its options: below)
+            cases.append(pytest.param(name, {"p": 0.5}, "decentralized algorithms", id=name))
             declared = True
         if name == "plugins":
             cases.append(pytest.param(name, ("no_such_plugin_module",), "dotted module", id=name))
@@ -143,7 +152,15 @@ def option_cases():
 #: arguments a heterogeneity scheme receives from the run.
 UNRANGED = {"key", "sampler", "labels", "num_workers", "rng"}
 #: The kinds whose options a configuration sets (COMPONENTS' options, defence_options).
-CONFIGURED = ("attack", "compressor", "algorithm", "heterogeneity", "aggregator", "preaggregator")
+CONFIGURED = (
+    "attack",
+    "compressor",
+    "algorithm",
+    "heterogeneity",
+    "aggregator",
+    "preaggregator",
+    "topology",
+)
 
 
 @pytest.mark.parametrize("kind", CONFIGURED)

@@ -23,6 +23,7 @@ KINDS = (
     "dataset",
     "model",
     "lr_schedule",
+    "topology",
 )
 
 
@@ -38,6 +39,7 @@ def test_every_catalogue_is_a_registry_with_its_builtins():
         "dataset": {"digits", "mnist", "cifar10", "a9a"},
         "model": {"logistic_regression", "mlp", "arc_cnn", "resnet18"},
         "lr_schedule": {"constant", "cosine", "step"},
+        "topology": {"complete", "ring", "torus", "erdos_renyi", "exponential"},
     }
     for kind, names in expected.items():
         reg = jr.registry(kind)

@@ -556,13 +556,20 @@ _BUILTINS = {
         ("jaxrobust.rules.preaggregators",),
         "pre-aggregation rules (before an aggregator)",
     ),
-    "attack": (("jaxrobust.attacks",), "what the Byzantine workers send"),
+    "attack": (
+        ("jaxrobust.attacks", "jaxrobust.edge_attacks"),
+        "what the Byzantine workers send",
+    ),
     "algorithm": (("jaxrobust.algorithms",), "training algorithms (one jitted step per round)"),
     "heterogeneity": (("jaxrobust.data.partition",), "how data is split over honest workers"),
     "compressor": (("jaxrobust.compression",), "compression operators of worker messages"),
     "dataset": (("jaxrobust.data.datasets",), "data sets (plus any TFDS name without data_dir)"),
     "model": (("jaxrobust.models",), "flax models"),
     "lr_schedule": (("jaxrobust.server",), "learning-rate schedules (factor of the base rate)"),
+    "topology": (
+        ("jaxrobust.topology",),
+        "communication graphs of decentralized algorithms (or a path to an adjacency matrix)",
+    ),
 }
 
 REGISTRIES: dict[str, Registry] = {
@@ -578,7 +585,7 @@ def registry(kind: str) -> Registry:
     kind : str
         One of ``"aggregator"``, ``"preaggregator"``, ``"attack"``,
         ``"algorithm"``, ``"heterogeneity"``, ``"compressor"``, ``"dataset"``,
-        ``"model"``, ``"lr_schedule"``.
+        ``"model"``, ``"lr_schedule"``, ``"topology"``.
 
     Returns
     -------
@@ -611,7 +618,7 @@ def register(kind: str, name: str, *, description: str | None = None, replace: b
     kind : str
         One of ``"aggregator"``, ``"preaggregator"``, ``"attack"``,
         ``"algorithm"``, ``"heterogeneity"``, ``"compressor"``, ``"dataset"``,
-        ``"model"``, ``"lr_schedule"``.
+        ``"model"``, ``"lr_schedule"``, ``"topology"``.
     name : str
         The name configs, sweeps and the CLI use.
     description : str, optional
