@@ -106,6 +106,13 @@ class Hyper(NamedTuple):
         The worker momentum ``beta``.
     weight_decay : float32 array
         The server's weight decay.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> hyper = Hyper(lr=jnp.float32(0.5), momentum=jnp.float32(0.9), weight_decay=jnp.float32(0))
+    >>> hyper._fields, float(hyper.lr)
+    (('lr', 'momentum', 'weight_decay'), 0.5)
     """
 
     lr: jax.Array

@@ -219,6 +219,11 @@ class MarinaPPState(NamedTuple):
         Cumulative epochs (see the module docstring).
     key : PRNG key
         The run's key.
+
+    Examples
+    --------
+    >>> MarinaPPState._fields[:4], MarinaPPState._fields[-3:]
+    (('hyper', 'indices', 'sizes', 'params'), ('rounds', 'epochs', 'key'))
     """
 
     hyper: Hyper
@@ -243,6 +248,11 @@ class MarinaPPMetrics(NamedTuple):
     over a chunk is the fraction of full-gradient rounds) and ``attacked``
     (1 when shift-back fired, or any other attack had a sampled Byzantine
     client).
+
+    Examples
+    --------
+    >>> MarinaPPMetrics._fields[4:]
+    ('bits_sent', 'epochs', 'full_round', 'attacked')
     """
 
     train_loss: jax.Array

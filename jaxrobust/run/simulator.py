@@ -129,6 +129,20 @@ class RunResult:
         The final parameters, leaves with a leading seed axis.
     seconds : float
         Wall-clock time of the run.
+
+    Examples
+    --------
+    :func:`simulate` returns one; built by hand:
+
+    >>> rows = [
+    ...     {"seed": 0, "step": 10, "test_accuracy": 0.5},
+    ...     {"seed": 1, "step": 10, "test_accuracy": 0.25},
+    ...     {"seed": 0, "step": 20, "test_accuracy": 0.75},
+    ...     {"seed": 1, "step": 20, "test_accuracy": 0.5},
+    ... ]
+    >>> result = RunResult(Config(seeds=2), rows, params=None, seconds=1.0)
+    >>> result.final().tolist()
+    [0.75, 0.5]
     """
 
     config: Config
@@ -143,6 +157,12 @@ class RunResult:
         -------
         np.ndarray
             One value per seed, in seed order (see :func:`simulate`).
+
+        Examples
+        --------
+        >>> rows = [{"seed": s, "step": t, "test_loss": t / 10 + s} for t in (1, 2) for s in (0, 1)]
+        >>> RunResult(Config(seeds=2), rows, params=None, seconds=0.0).final("test_loss").tolist()
+        [0.2, 1.2]
         """
         last = max(r["step"] for r in self.rows)
         return np.array([r[column] for r in self.rows if r["step"] == last])
@@ -317,7 +337,15 @@ class StepLoop:
         return self.gather(finals, metrics)
 
     def lower(self, states: RunState):
-        """The lowering of ``step`` on the first run of ``states`` (``jax.stages.Lowered``)."""
+        """The lowering of ``step`` on the first run of ``states`` (``jax.stages.Lowered``).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> loop = StepLoop(lambda s: (s * 2.0, {"train_loss": s}), 2)
+        >>> loop.lower(jnp.ones((3, 4))).out_info[0].shape  # one run's state
+        (4,)
+        """
         return self.step.lower(self.take(states, 0))
 
 

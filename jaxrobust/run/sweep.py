@@ -103,6 +103,14 @@ class Unit:
 
     @property
     def run_id(self) -> str:
+        """Twelve hex digits of a SHA-1 of the configuration (see the class's attributes).
+
+        Examples
+        --------
+        >>> run_id = Unit(Config(), {}).run_id
+        >>> len(run_id), set(run_id) <= set("0123456789abcdef")
+        (12, True)
+        """
         text = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -243,28 +251,40 @@ class Sweep:
     def linked(self, name: str) -> bool:
         """Whether grid entry ``name`` is a linked axis (a list of field mappings).
 
-        See the class's example.
+        Examples
+        --------
+        >>> sweep = Sweep.from_dict({"grid": {"lr": [0.1], "split": [{"alpha": 0.1}]}})
+        >>> sweep.linked("lr"), sweep.linked("split")
+        (False, True)
         """
         return name not in field_types()
 
     def fields(self) -> list[str]:
         """The config fields the grid sets, its ``runs.csv`` columns (:func:`grid_fields`).
 
-        See the class's example.
+        Examples
+        --------
+        >>> Sweep.from_dict({"grid": {"lr": [0.1], "split": [{"alpha": 0.1}]}}).fields()
+        ['lr', 'alpha']
         """
         return grid_fields(self.grid)
 
     def units(self) -> list[Unit]:
         """Every (grid point, seed), in a fixed order.
 
-        The grid's first entry varies slowest, the seed fastest. See the
-        class's example.
+        The grid's first entry varies slowest, the seed fastest.
 
         Raises
         ------
         ValueError
             A grid point whose configuration is invalid
             (:meth:`jaxrobust.config.Config.validate`).
+
+        Examples
+        --------
+        >>> sweep = Sweep.from_dict({"seeds": 2, "grid": {"lr": [0.1, 0.2]}})
+        >>> [(unit.config.lr, unit.config.seed, unit.config.seeds) for unit in sweep.units()]
+        [(0.1, 0, 1), (0.1, 1, 1), (0.2, 0, 1), (0.2, 1, 1)]
         """
         names = list(self.grid)
         fields, linked = self.fields(), {k for k in names if self.linked(k)}
