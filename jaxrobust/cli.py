@@ -25,7 +25,18 @@ NO_FLAG = ("plugins",)
 
 
 def config_fields() -> list[str]:
-    """The config fields that have a flag, in declaration order."""
+    """The config fields that have a flag, in declaration order.
+
+    Every field of :class:`~jaxrobust.config.Config` but those of
+    :data:`NO_FLAG`; the flag of ``num_honest`` is ``--num-honest``.
+
+    Examples
+    --------
+    >>> config_fields()[:3]
+    ['dataset', 'data_dir', 'max_train']
+    >>> "num_honest" in config_fields(), "plugins" in config_fields()
+    (True, False)
+    """
     return [name for name in Config.model_fields if name not in NO_FLAG]
 
 
@@ -86,6 +97,43 @@ def resolve_config(args: argparse.Namespace) -> Config:
     added to the configuration's ``plugins``. A component flag in nested form
     (``--attack '{name: alie, options: {z: 1}}'``) replaces the file's
     options of that component.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser`: ``config`` (a YAML file or None),
+        ``plugin`` and one attribute per config field (None: not given).
+
+    Returns
+    -------
+    Config
+        Validated (:meth:`~jaxrobust.config.Config.validate`).
+
+    Raises
+    ------
+    ValueError
+        An invalid field value or combination
+        (:class:`~jaxrobust.config.ConfigError`).
+    FileNotFoundError
+        No file at ``--config``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "run.yaml")
+    ...     with open(path, "w") as fh:
+    ...         _ = fh.write("steps: 100\\nlr: 0.05\\n")
+    ...     args = parser().parse_args(
+    ...         ["run", "--config", path, "--lr", "0.2", "--defence", "nnm,median"]
+    ...     )
+    ...     config = resolve_config(args)
+    >>> config.steps, config.lr, config.defence  # the flags override the file
+    (100, 0.2, ('nnm', 'median'))
+    >>> resolve_config(parser().parse_args(["run", "--steps", "30", "--eval-every", "20"]))
+    Traceback (most recent call last):
+    ...
+    jaxrobust.config.ConfigError: steps needs to be a multiple of eval_every, got steps=30, ...
     """
     plugins = list(getattr(args, "plugin", None) or [])
     load_plugins(plugins)
@@ -105,6 +153,45 @@ def _flags_given(args: argparse.Namespace) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    """``jaxrobust run``: one configuration, all its seeds in one program.
+
+    Shows a progress bar on standard error and prints the final test
+    accuracy over the seeds; with ``--show-partition``, first the honest
+    workers x classes table; with ``--out DIR``, writes ``DIR/config.yaml``
+    and streams ``DIR/metrics.csv`` (one row per seed and evaluation).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser` (``run``).
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    ValueError
+        An invalid configuration, or a setting its algorithm or a rule
+        refuses, before any data is loaded.
+
+    Examples
+    --------
+    A rule's bound fails before anything runs:
+
+    >>> args = parser().parse_args(
+    ...     ["run", "--defence", "krum", "--num-honest", "3", "--num-byzantine", "1"]
+    ... )
+    >>> command_run(args)
+    Traceback (most recent call last):
+    ...
+    ValueError: krum needs n > 2f + 2, got n=4, f=1
+
+    From the shell, a short run on the offline data set::
+
+        jaxrobust run --model logistic_regression --steps 100 --eval-every 20 --out results/run
+    """
     from jaxrobust.algorithms.base import check_setting
     from jaxrobust.run import simulator
 
@@ -184,6 +271,36 @@ def best_of_mean_curve(rows, metric: str = "test_accuracy") -> float:
 
 
 def command_demo(args: argparse.Namespace) -> int:
+    """``jaxrobust demo``: best test accuracy of three defences under no attack and two attacks.
+
+    The defences are :data:`DEMO_DEFENCES`, the attacks ``none`` (with no
+    Byzantine worker) and :data:`DEMO_ATTACKS`; one :func:`~jaxrobust.run.simulator.simulate`
+    per cell. Without ``--config`` or flags, the base is the default
+    configuration with a Dirichlet (``alpha=0.3``) split, 200 steps, an
+    evaluation every 50.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser` (``demo``).
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    ValueError
+        An invalid configuration.
+
+    Examples
+    --------
+    >>> command_demo(parser().parse_args(["demo", "--num-honest", "0"]))
+    Traceback (most recent call last):
+    ...
+    jaxrobust.config.ConfigError: num_honest needs to be >= 1, got num_honest=0
+    """
     from jaxrobust.run import simulator
 
     base = resolve_config(args)
@@ -214,6 +331,44 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
+    """``jaxrobust sweep FILE --out DIR``: run a grid (:func:`jaxrobust.run.sweep.run_sweep`).
+
+    Prints the number of runs and program structures, shows a progress bar
+    on standard error, and resumes a sweep already in ``DIR``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser` (``sweep``): ``sweep_file``, ``out``,
+        ``max_batch``, ``plugin``.
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    ValueError
+        An invalid sweep file, or a grid point a rule refuses (before any
+        run).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "sweep.yaml")
+    ...     with open(path, "w") as fh:
+    ...         _ = fh.write("num_honest: 3\\nnum_byzantine: 1\\n")
+    ...         _ = fh.write("grid:\\n  defence: [median, krum]\\n")
+    ...     args = parser().parse_args(["sweep", path, "--out", os.path.join(tmp, "out")])
+    ...     try:
+    ...         command_sweep(args)
+    ...     except ValueError as err:
+    ...         print(err)
+    2 runs in 2 program structure(s); results stream to .../out/runs.csv
+    grid point {'defence': 'krum'}: krum needs n > 2f + 2, got n=4, f=1; take it out of the grid
+    """
     from jaxrobust.run import sweep
 
     load_plugins(args.plugin)
@@ -231,6 +386,38 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
+    """``jaxrobust report DIR``: the worst-case table, heatmaps and curves of a sweep.
+
+    Writes them with :func:`jaxrobust.report.make_report`, prints the
+    Markdown table and the paths written.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser` (``report``): ``sweep_dir``, ``out``,
+        ``metric``, ``reduce``.
+
+    Returns
+    -------
+    int
+        0.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``DIR`` holds no ``runs.csv``.
+    ValueError
+        As :func:`jaxrobust.report.make_report`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     command_report(parser().parse_args(["report", tmp]))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no runs.csv in '...'; run `jaxrobust sweep FILE --out ...` first
+    """
     from jaxrobust import report
 
     paths = report.make_report(
@@ -245,7 +432,30 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    """Every registry, each name with its one-line description."""
+    """``jaxrobust list``: every registry, each name with its one-line description.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed by :func:`parser` (``list``); its ``--plugin`` modules are
+        imported by :func:`main`, so their names are listed too.
+
+    Returns
+    -------
+    int
+        0.
+
+    Examples
+    --------
+    >>> command_list(parser().parse_args(["list"]))
+    aggregator (robust aggregators (the worker axis goes away)):
+      median ...
+    lr_schedule (learning-rate schedules (factor of the base rate)):
+      constant  A constant rate
+      cosine    Cosine decay from the base rate to zero over the run
+      step      x0.1 at half and again at three quarters of the run
+    0
+    """
     from jaxrobust.core import REGISTRIES
 
     for kind, reg in REGISTRIES.items():
@@ -258,6 +468,20 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``jaxrobust`` argument parser: one sub-command per ``command_*`` function.
+
+    ``run`` and ``demo`` have a flag per config field (:func:`config_fields`);
+    every sub-command sets ``func``, the function that runs it.
+
+    Examples
+    --------
+    >>> args = parser().parse_args(["sweep", "grid.yaml", "--out", "results", "--max-batch", "8"])
+    >>> args.sweep_file, args.out, args.max_batch, args.func.__name__
+    ('grid.yaml', 'results', 8, 'command_sweep')
+    >>> args = parser().parse_args(["run", "--num-honest", "5", "--attack", "alie"])
+    >>> args.num_honest, args.attack, args.lr  # strings, checked by resolve_config
+    ('5', 'alie', None)
+    """
     top = argparse.ArgumentParser(
         prog="jaxrobust", description="Byzantine-robust distributed learning simulator in JAX."
     )
@@ -307,6 +531,32 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: typing.Sequence[str] | None = None) -> int:
+    """The ``jaxrobust`` command: parse ``argv``, import the plugins, run the sub-command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: the sub-command's (0), or 2 after printing
+        ``jaxrobust: error: ...`` to standard error for a ``ValueError``,
+        ``FileNotFoundError``, ``TypeError`` or ``MemoryError``.
+
+    Examples
+    --------
+    >>> main(["list"])
+    aggregator (robust aggregators (the worker axis goes away)):
+    ...
+    0
+    >>> import contextlib, sys
+    >>> with contextlib.redirect_stderr(sys.stdout):  # to show the message here
+    ...     main(["run", "--steps", "30", "--eval-every", "20"])
+    jaxrobust: error: steps needs to be a multiple of eval_every, got steps=30, eval_every=20 ...
+    2
+    """
     args = parser().parse_args(argv)
     try:
         load_plugins(getattr(args, "plugin", None) or [])  # before any name is read

@@ -106,6 +106,13 @@ class Hyper(NamedTuple):
         The worker momentum ``beta``.
     weight_decay : float32 array
         The server's weight decay.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> hyper = Hyper(lr=jnp.float32(0.5), momentum=jnp.float32(0.9), weight_decay=jnp.float32(0))
+    >>> hyper._fields, float(hyper.lr)
+    (('lr', 'momentum', 'weight_decay'), 0.5)
     """
 
     lr: jax.Array
@@ -190,8 +197,22 @@ def server_init(server: optax.GradientTransformation, params: Any, hyper: Hyper)
     Returns
     -------
     optax.OptState
-        An ``InjectHyperparamsState``; see :func:`make_server_optimiser` for
-        an example.
+        An ``InjectHyperparamsState`` whose ``hyperparams`` hold the learning
+        rate and the weight decay.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(
+    ...     lr=0.1, momentum=0.9, weight_decay=0.0, lr_schedule="constant", steps=10
+    ... )
+    >>> server = make_server_optimiser(config)
+    >>> hyper = hyper_of(config)._replace(weight_decay=jnp.float32(0.5))  # this run's own
+    >>> state = server_init(server, {"w": jnp.zeros(3)}, hyper)
+    >>> rates = state.hyperparams
+    >>> float(rates["weight_decay"]), round(float(rates["learning_rate"]), 6)
+    (0.5, 0.1)
     """
     state = server.init(params)
     return state._replace(hyperparams={**state.hyperparams, "weight_decay": hyper.weight_decay})
@@ -216,7 +237,27 @@ def server_update(server: optax.GradientTransformation, state, aggregate, params
     Returns
     -------
     (pytree, optax.OptState)
-        See :func:`make_server_optimiser` for an example.
+        The new parameters and the new state.
+
+    Examples
+    --------
+    The learning rate of step ``t`` is the base rate times the schedule's
+    factor (:func:`lr_factor`):
+
+    >>> import jax.numpy as jnp
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(
+    ...     lr=1.0, momentum=0.0, weight_decay=0.0, lr_schedule="step", steps=4
+    ... )
+    >>> server = make_server_optimiser(config)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = server_init(server, params, hyper_of(config))
+    >>> aggregate = {"w": jnp.array([1.0, 1.0])}
+    >>> for t in range(4):
+    ...     lr = config.lr * lr_factor(config)(t)  # 1, 1, 0.1, 0.01
+    ...     params, state = server_update(server, state, aggregate, params, lr)
+    >>> [round(v, 4) for v in params["w"].tolist()]  # each minus 1 + 1 + 0.1 + 0.01
+    [-1.11, -4.11]
     """
     state = state._replace(hyperparams={**state.hyperparams, "learning_rate": lr})
     updates, state = server.update(aggregate, state, params)

@@ -220,6 +220,11 @@ class MarinaPPState(NamedTuple):
         Cumulative epochs (see the module docstring).
     key : PRNG key
         The run's key.
+
+    Examples
+    --------
+    >>> MarinaPPState._fields[:4], MarinaPPState._fields[-3:]
+    (('hyper', 'indices', 'sizes', 'params'), ('rounds', 'epochs', 'key'))
     """
 
     hyper: Hyper
@@ -244,6 +249,11 @@ class MarinaPPMetrics(NamedTuple):
     over a chunk is the fraction of full-gradient rounds) and ``attacked``
     (1 when shift-back fired, or any other attack had a sampled Byzantine
     client).
+
+    Examples
+    --------
+    >>> MarinaPPMetrics._fields[4:]
+    ('bits_sent', 'epochs', 'full_round', 'attacked')
     """
 
     train_loss: jax.Array
@@ -472,6 +482,36 @@ def f_star_of(options: dict, config: Config):
     ``"auto"`` (the default) is ``"reference"`` for a strongly convex problem
     (``logistic_regression`` with ``l2 > 0``), else ``None``; ``True`` is
     ``"reference"`` for any model.
+
+    Parameters
+    ----------
+    options : dict
+        The algorithm's options (``algorithm_options``); reads ``f_star``.
+    config : Config
+        Gives ``model`` and ``l2``.
+
+    Returns
+    -------
+    str, float or None
+        ``"reference"``, the number given, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        Any other ``f_star``.
+
+    Examples
+    --------
+    >>> f_star_of({}, Config(model="logistic_regression", l2=0.01))
+    'reference'
+    >>> f_star_of({}, Config(model="mlp")) is None
+    True
+    >>> f_star_of({"f_star": True}, Config(model="mlp")), f_star_of({"f_star": 0.25}, Config())
+    ('reference', 0.25)
+    >>> f_star_of({"f_star": "best"}, Config())
+    Traceback (most recent call last):
+    ...
+    ValueError: f_star must be 'auto', True, False, None or a number, got 'best'
     """
     option = options.get("f_star", "auto")
     if isinstance(option, (int, float)) and not isinstance(option, bool):
@@ -494,6 +534,51 @@ def suboptimality_of(loss_fn, init, x_train: np.ndarray, y_train: np.ndarray, f_
     :data:`QUADRATURE_BELOW`) the difference is computed as
     ``int_0^1 <grad f(x* + t (x - x*)), x - x*> dt`` by Gauss-Legendre
     quadrature, which does not cancel. A number is used as ``f*`` directly.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(params, (x, y))``, the mean loss of a batch.
+    init : callable
+        ``init(key) -> params``; the reference optimum starts from
+        ``init(jax.random.key(0))``.
+    x_train : np.ndarray
+        The training inputs ``(m, ...)``.
+    y_train : np.ndarray
+        The training labels ``(m,)``.
+    f_star : str, float or None
+        As resolved by :func:`f_star_of`.
+
+    Returns
+    -------
+    callable
+        ``suboptimality(params) -> float32 scalar``, traceable (it runs in
+        the jitted step).
+
+    Warns
+    -----
+    UserWarning
+        The reference optimum's solver did not converge.
+
+    Examples
+    --------
+    Least squares of ``w * x`` against 2 on ``x = 1, 2, 3``: ``f(1) = 2/3``,
+    and the optimum ``w* = 6/7`` has ``f* = 4/7``.
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> x, y = np.array([[1.0], [2.0], [3.0]], np.float32), np.zeros(3, np.int32)
+    >>> def loss(params, batch):
+    ...     return jnp.mean((params["w"] * batch[0][:, 0] - 2.0) ** 2)
+    >>> def init(key):
+    ...     return {"w": jnp.zeros(())}
+    >>> suboptimality = suboptimality_of(loss, init, x, y, "reference")
+    >>> round(float(suboptimality({"w": jnp.float32(1.0)})), 4)  # 2/3 - 4/7
+    0.0952
+    >>> round(float(suboptimality_of(loss, init, x, y, 0.5)({"w": jnp.float32(1.0)})), 4)
+    0.1667
+    >>> float(suboptimality_of(loss, init, x, y, None)({"w": jnp.float32(1.0)}))
+    nan
     """
     if f_star is None:
         return lambda params: jnp.float32(jnp.nan)

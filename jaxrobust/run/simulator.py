@@ -129,6 +129,20 @@ class RunResult:
         The final parameters, leaves with a leading seed axis.
     seconds : float
         Wall-clock time of the run.
+
+    Examples
+    --------
+    :func:`simulate` returns one; built by hand:
+
+    >>> rows = [
+    ...     {"seed": 0, "step": 10, "test_accuracy": 0.5},
+    ...     {"seed": 1, "step": 10, "test_accuracy": 0.25},
+    ...     {"seed": 0, "step": 20, "test_accuracy": 0.75},
+    ...     {"seed": 1, "step": 20, "test_accuracy": 0.5},
+    ... ]
+    >>> result = RunResult(Config(seeds=2), rows, params=None, seconds=1.0)
+    >>> result.final().tolist()
+    [0.75, 0.5]
     """
 
     config: Config
@@ -143,6 +157,12 @@ class RunResult:
         -------
         np.ndarray
             One value per seed, in seed order (see :func:`simulate`).
+
+        Examples
+        --------
+        >>> rows = [{"seed": s, "step": t, "test_loss": t / 10 + s} for t in (1, 2) for s in (0, 1)]
+        >>> RunResult(Config(seeds=2), rows, params=None, seconds=0.0).final("test_loss").tolist()
+        [0.2, 1.2]
         """
         last = max(r["step"] for r in self.rows)
         return np.array([r[column] for r in self.rows if r["step"] == last])
@@ -162,10 +182,55 @@ def compiled_run(config: Config, dataset: datasets.Dataset, problem: Problem | N
     (jax-ml/jax#12868; measured 2.6 s against 0.2 s per round for the CIFAR
     CNN with 16 workers).
 
+    Parameters
+    ----------
+    config : Config
+        The configuration. Its ``seed`` and ``seeds`` are not read: the
+        programs run any number of runs, given by their start states.
+    dataset : Dataset
+        The data set, with its validation split already held out if the
+        configuration asks for one (:func:`with_validation_split`).
+    problem : Problem, optional
+        Default: :func:`jaxrobust.models.problem_for` ``(config, dataset)``.
+
+    Returns
+    -------
+    init : callable
+        ``init(keys, indices, sizes, hyper) -> states``, vmapped over runs;
+        :func:`initial_states` builds its arguments.
+    chunk : callable
+        ``chunk(states) -> (states, metrics)``: ``config.eval_every`` rounds
+        of every run.
+    evaluate : callable
+        ``evaluate(params) -> dict`` of per-run arrays (``test_accuracy``,
+        ``test_loss``, and the validation metrics with a validation split).
+    simulation : Algorithm
+        The algorithm (:func:`build`); :func:`params_of` reads the
+        parameters out of its states.
+
     Raises
     ------
     ValueError
         As :func:`build`.
+
+    Examples
+    --------
+    The pieces of :func:`simulate` (:func:`iterate` runs them): two seeds'
+    start states, one chunk, an evaluation. Here ``jax.eval_shape`` traces
+    them without compiling, to show what each returns; call them directly
+    to run.
+
+    >>> import jax
+    >>> from jaxrobust.data import load_dataset
+    >>> config = Config(model="logistic_regression", num_honest=4, num_byzantine=1, eval_every=2)
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> init, chunk, evaluate, sim = compiled_run(config, dataset)
+    >>> states = jax.eval_shape(lambda: initial_states(config, dataset, init, seeds=[0, 1]))
+    >>> _, metrics = jax.eval_shape(chunk, states)
+    >>> metrics.train_loss  # the chunk's mean loss, one per run
+    ShapeDtypeStruct(shape=(2,), dtype=float32)
+    >>> jax.eval_shape(lambda s: evaluate(params_of(sim, s)), states)["test_accuracy"]
+    ShapeDtypeStruct(shape=(2,), dtype=float32)
     """
     problem = problem_for(config, dataset) if problem is None else problem
     sim = build(config, dataset, problem)
@@ -224,6 +289,25 @@ class StepLoop:
     turn its convolutions into grouped ones, which XLA:CPU runs slower than
     the runs one by one (CIFAR CNN: 0.57 s per round for 2 runs vmapped, 0.20 s
     for one). ``lower`` gives one run's step lowering, for memory estimates.
+
+    Parameters
+    ----------
+    step : callable
+        One run's round, ``step(state) -> (state, metrics)``; jitted here.
+    length : int
+        Rounds per chunk.
+
+    Examples
+    --------
+    The same chunk as in :func:`scan_chunk`'s example, round by round:
+
+    >>> import jax.numpy as jnp
+    >>> loop = StepLoop(lambda s: (s + 1.0, {"train_loss": s}), 3)
+    >>> states, metrics = loop(jnp.array([0.0, 10.0]))  # two runs, one after the other
+    >>> states.tolist(), metrics["train_loss"].tolist()
+    ([3.0, 13.0], [1.0, 11.0])
+    >>> loop.lower(states).compile().memory_analysis() is not None
+    True
     """
 
     def __init__(self, step: Callable, length: int):
@@ -253,6 +337,15 @@ class StepLoop:
         return self.gather(finals, metrics)
 
     def lower(self, states: RunState):
+        """The lowering of ``step`` on the first run of ``states`` (``jax.stages.Lowered``).
+
+        Examples
+        --------
+        >>> import jax.numpy as jnp
+        >>> loop = StepLoop(lambda s: (s * 2.0, {"train_loss": s}), 2)
+        >>> loop.lower(jnp.ones((3, 4))).out_info[0].shape  # one run's state
+        (4,)
+        """
         return self.step.lower(self.take(states, 0))
 
 
@@ -274,7 +367,38 @@ def worker_tables(config: Config, labels: np.ndarray, seeds) -> tuple[np.ndarray
 
 
 def partition_of(config: Config, labels: np.ndarray, seed: int) -> list[np.ndarray]:
-    """The honest workers' parts of the training set under the config's heterogeneity."""
+    """The honest workers' parts of the training set under the config's heterogeneity.
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``num_honest``, ``heterogeneity`` and the scheme's parameters
+        (``alpha``, ``gamma``, ``shards_per_worker``, ``heterogeneity_options``).
+    labels : np.ndarray
+        The training labels ``(m,)``, integers.
+    seed : int
+        The partition's seed (a run's seed).
+
+    Returns
+    -------
+    list of np.ndarray
+        One array of training-set indices per honest worker.
+
+    Raises
+    ------
+    ValueError
+        Whatever the scheme raises (e.g. fewer examples than workers).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.repeat(np.arange(4), 5)  # 20 examples, 4 classes
+    >>> parts = partition_of(Config(num_honest=4, heterogeneity="extreme"), labels, seed=0)
+    >>> [sorted(set(labels[part].tolist())) for part in parts]  # one class per worker
+    [[0], [1], [2], [3]]
+    >>> [len(part) for part in partition_of(Config(num_honest=3), labels, seed=0)]
+    [7, 7, 6]
+    """
     return partition(
         labels,
         config.num_honest,
@@ -304,6 +428,23 @@ def run_tables(runs, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (np.ndarray, np.ndarray)
         ``indices`` ``(runs, h, width)`` with ``width`` the largest part, and
         ``sizes`` ``(runs, h)``, both ``int32``.
+
+    Examples
+    --------
+    Two runs of one sweep: an iid split and a skewed Dirichlet split, padded
+    to the larger part.
+
+    >>> import numpy as np
+    >>> labels = np.repeat(np.arange(2), 10)
+    >>> runs = [
+    ...     (Config(num_honest=4), 0),
+    ...     (Config(num_honest=4, heterogeneity="dirichlet", alpha=0.1), 0),
+    ... ]
+    >>> indices, sizes = run_tables(runs, labels)
+    >>> indices.shape == (2, 4, sizes.max()), sizes.sum(axis=1).tolist()
+    (True, [20, 20])
+    >>> sizes[0].tolist()
+    [5, 5, 5, 5]
     """
     tables = [stack_partition(partition_of(config, labels, int(seed))) for config, seed in runs]
     width = max(t[0].shape[1] for t in tables)
@@ -318,6 +459,37 @@ def initial_states(config: Config, dataset: datasets.Dataset, init, seeds) -> Ru
 
     Each seed gets its own data partition (:func:`worker_tables`), its key
     ``jax.random.key(seed)`` and the configuration's :class:`Hyper`.
+
+    Parameters
+    ----------
+    config : Config
+        The configuration.
+    dataset : Dataset
+        The data set; its ``y_train`` is partitioned.
+    init : callable
+        ``init(keys, indices, sizes, hyper)``, the first of
+        :func:`compiled_run`'s results.
+    seeds : sequence of int
+        One run per seed.
+
+    Returns
+    -------
+    pytree
+        ``init``'s result: the states, leaves with a leading axis of
+        ``len(seeds)``.
+
+    Examples
+    --------
+    With the real ``init`` of :func:`compiled_run` (see its example), the
+    result is the algorithm's stacked state. Any function of the same
+    arguments shows what ``init`` is given:
+
+    >>> from jaxrobust.data import load_dataset
+    >>> def show(keys, indices, sizes, hyper):
+    ...     return keys.shape, indices.shape, sizes.tolist(), hyper.lr.tolist()
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> initial_states(Config(num_honest=4, lr=0.5), dataset, show, seeds=[0, 1])
+    ((2,), (2, 4, 50), [[50, 50, 50, 50], [50, 50, 50, 50]], [0.5, 0.5])
     """
     seeds = np.asarray(seeds)
     indices, sizes = worker_tables(config, dataset.y_train, seeds)
@@ -335,11 +507,44 @@ def iterate(
     The same run as :func:`simulate`, one evaluation at a time: ``rows`` is
     one dict per seed, ``states`` the stacked states after ``step`` rounds.
 
+    Parameters
+    ----------
+    config : Config
+        The configuration; seeds ``seed, ..., seed + seeds - 1``.
+    dataset : Dataset, optional
+        Default: :func:`load_for` ``(config)``.
+    problem : Problem, optional
+        Default: :func:`jaxrobust.models.problem_for` ``(config, dataset)``.
+
+    Yields
+    ------
+    step : int
+        Rounds done: ``eval_every``, ``2 * eval_every``, ..., ``steps``.
+    rows : list of dict
+        One per seed: ``seed``, ``step`` and the metrics (as :func:`simulate`).
+    states : pytree
+        The algorithm's states, leaves with a leading seed axis.
+
     Raises
     ------
     ValueError
         An invalid configuration (``config.validate()``) or one the algorithm
-        refuses.
+        refuses, at the first ``next``.
+
+    Examples
+    --------
+    >>> config = Config(
+    ...     model="logistic_regression", num_honest=4, num_byzantine=1,
+    ...     seeds=2, steps=4, eval_every=2, max_train=200,
+    ... )
+    >>> for step, rows, states in iterate(config):
+    ...     print(step, [row["seed"] for row in rows], 0 <= rows[0]["test_accuracy"] <= 1)
+    2 [0, 1] True
+    4 [0, 1] True
+    >>> next(iterate(Config(steps=3, eval_every=2)))
+    Traceback (most recent call last):
+    ...
+    jaxrobust.config.ConfigError: steps needs to be a multiple of eval_every, got steps=3, ...
     """
     for done, rows, states, _ in _iterate(config, dataset, problem):
         yield done, rows, states
@@ -365,6 +570,31 @@ def params_of(sim: Algorithm, states) -> PyTree:
     """The evaluated parameters of every run of a batch of states (leading axis: runs).
 
     ``jax.vmap(sim.params)(states)``.
+
+    Parameters
+    ----------
+    sim : Algorithm
+        The algorithm the states belong to (:func:`compiled_run`'s last
+        result).
+    states : pytree
+        Its states, leaves with a leading run axis.
+
+    Returns
+    -------
+    pytree
+        The parameters, leaves with a leading run axis.
+
+    Examples
+    --------
+    :func:`compiled_run`'s example uses it on a real algorithm. Any object
+    with a ``params(state)`` method works:
+
+    >>> import jax.numpy as jnp
+    >>> from types import SimpleNamespace
+    >>> sim = SimpleNamespace(params=lambda state: state["params"])
+    >>> states = {"params": jnp.ones((2, 3)), "round": jnp.zeros(2)}  # two runs
+    >>> params_of(sim, states).shape
+    (2, 3)
     """
     return jax.vmap(sim.params)(states)
 
@@ -446,6 +676,31 @@ def with_validation_split(config: Config, dataset: datasets.Dataset) -> datasets
     """``dataset`` with ``config.validation`` of its training set held out, unless it has one.
 
     Seeded by ``config.data_seed`` (:func:`jaxrobust.data.datasets.with_validation`).
+
+    Parameters
+    ----------
+    config : Config
+        Gives ``validation`` (the fraction held out) and ``data_seed``.
+    dataset : Dataset
+        The data set.
+
+    Returns
+    -------
+    Dataset
+        ``dataset`` itself if ``config.validation`` is 0 or it already has a
+        validation split.
+
+    Examples
+    --------
+    >>> from jaxrobust.data import load_dataset
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> split = with_validation_split(Config(validation=0.25), dataset)
+    >>> len(split.x_train), len(split.x_validation)
+    (150, 50)
+    >>> with_validation_split(Config(validation=0.25), split) is split
+    True
+    >>> with_validation_split(Config(), dataset) is dataset
+    True
     """
     if config.validation > 0 and dataset.x_validation is None:
         return datasets.with_validation(dataset, config.validation, config.data_seed)

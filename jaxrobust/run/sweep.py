@@ -77,13 +77,40 @@ VMAPPED = vmapped_fields()
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-    """One seed of one grid point: a row group of ``runs.csv``."""
+    """One seed of one grid point: a row group of ``runs.csv``.
+
+    Attributes
+    ----------
+    config : Config
+        The run's configuration, with ``seeds=1`` and the unit's ``seed``.
+    grid_values : dict
+        The grid's fields and this point's values (the ``runs.csv`` cells).
+    run_id : str
+        Twelve hex digits of a hash of ``config``: the same configuration
+        has the same id in every sweep.
+
+    Examples
+    --------
+    >>> unit = Unit(Config(lr=0.05), {"lr": 0.05})
+    >>> len(unit.run_id), unit.run_id == Unit(Config(lr=0.05), {}).run_id
+    (12, True)
+    >>> unit.run_id == Unit(Config(lr=0.1), {"lr": 0.1}).run_id
+    False
+    """
 
     config: Config  # with seeds=1 and the unit's seed
     grid_values: dict[str, Any]
 
     @property
     def run_id(self) -> str:
+        """Twelve hex digits of a SHA-1 of the configuration (see the class's attributes).
+
+        Examples
+        --------
+        >>> run_id = Unit(Config(), {}).run_id
+        >>> len(run_id), set(run_id) <= set("0123456789abcdef")
+        (12, True)
+        """
         text = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -95,6 +122,40 @@ class Sweep:
     A linked axis (a name that is not a config field) holds dicts of config
     fields, each one value of the axis; :meth:`fields` are the columns the
     grid adds to ``runs.csv``.
+
+    Attributes
+    ----------
+    base : Config
+        The fields shared by every run.
+    grid : dict
+        Config field -> list of values, or linked axis -> list of dicts of
+        config fields.
+
+    Examples
+    --------
+    Two learning rates times two partitions (a linked axis), two seeds each:
+
+    >>> sweep = Sweep.from_dict({
+    ...     "steps": 2,
+    ...     "eval_every": 1,
+    ...     "seeds": 2,
+    ...     "grid": {
+    ...         "lr": [0.05, 0.1],
+    ...         "partition": [
+    ...             {"heterogeneity": "dirichlet", "alpha": 0.1},
+    ...             {"heterogeneity": "extreme"},
+    ...         ],
+    ...     },
+    ... })
+    >>> sweep.fields(), sweep.linked("partition"), sweep.linked("lr")
+    (['lr', 'heterogeneity', 'alpha'], True, False)
+    >>> units = sweep.units()
+    >>> len(units)
+    8
+    >>> units[0].grid_values, units[0].config.seed, units[1].config.seed
+    ({'lr': 0.05, 'heterogeneity': 'dirichlet', 'alpha': 0.1}, 0, 1)
+    >>> units[2].grid_values  # alpha: the base value, written as a cell too
+    {'lr': 0.05, 'heterogeneity': 'extreme', 'alpha': 1.0}
     """
 
     base: Config
@@ -102,7 +163,26 @@ class Sweep:
 
     @classmethod
     def from_yaml(cls, path: str, plugins: Sequence[str] = ()) -> Sweep:
-        """The sweep of a YAML file (see :meth:`from_dict`)."""
+        """The sweep of a YAML file (see :meth:`from_dict`).
+
+        Raises
+        ------
+        ValueError
+            A file that does not hold a mapping, or as :meth:`from_dict`.
+        FileNotFoundError
+            No file at ``path``.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "sweep.yaml")
+        ...     with open(path, "w") as fh:
+        ...         _ = fh.write("steps: 20\\ngrid:\\n  attack: [sign_flip, alie]\\n")
+        ...     sweep = Sweep.from_yaml(path)
+        >>> sweep.base.steps, sweep.grid
+        (20, {'attack': ['sign_flip', 'alie']})
+        """
         with open(path) as fh:
             values = yaml.safe_load(fh) or {}
         if not isinstance(values, dict):
@@ -116,6 +196,21 @@ class Sweep:
         ``plugins`` (modules, as the ``plugins`` field) are imported first and
         added to the base's ``plugins``, as are those the mapping lists, so that
         the names they register may appear in the base and the grid.
+
+        Raises
+        ------
+        ValueError
+            An invalid base field or grid value, an empty grid axis, a
+            malformed linked axis, or a field set by two grid entries.
+
+        Examples
+        --------
+        >>> Sweep.from_dict({"steps": 20, "grid": {"lr": ["0.1", 0.2]}}).grid  # values coerced
+        {'lr': [0.1, 0.2]}
+        >>> Sweep.from_dict({"grid": {"alpha": [0.1], "partition": [{"alpha": 1.0}]}})
+        Traceback (most recent call last):
+        ...
+        ValueError: grid field 'alpha' is set twice, by its own grid axis and by linked axis ...
         """
         values = dict(values)
         if plugins:
@@ -154,15 +249,43 @@ class Sweep:
         return cls(base, out)
 
     def linked(self, name: str) -> bool:
-        """Whether grid entry ``name`` is a linked axis (a list of field mappings)."""
+        """Whether grid entry ``name`` is a linked axis (a list of field mappings).
+
+        Examples
+        --------
+        >>> sweep = Sweep.from_dict({"grid": {"lr": [0.1], "split": [{"alpha": 0.1}]}})
+        >>> sweep.linked("lr"), sweep.linked("split")
+        (False, True)
+        """
         return name not in field_types()
 
     def fields(self) -> list[str]:
-        """The config fields the grid sets, its ``runs.csv`` columns (:func:`grid_fields`)."""
+        """The config fields the grid sets, its ``runs.csv`` columns (:func:`grid_fields`).
+
+        Examples
+        --------
+        >>> Sweep.from_dict({"grid": {"lr": [0.1], "split": [{"alpha": 0.1}]}}).fields()
+        ['lr', 'alpha']
+        """
         return grid_fields(self.grid)
 
     def units(self) -> list[Unit]:
-        """Every (grid point, seed), in a fixed order."""
+        """Every (grid point, seed), in a fixed order.
+
+        The grid's first entry varies slowest, the seed fastest.
+
+        Raises
+        ------
+        ValueError
+            A grid point whose configuration is invalid
+            (:meth:`jaxrobust.config.Config.validate`).
+
+        Examples
+        --------
+        >>> sweep = Sweep.from_dict({"seeds": 2, "grid": {"lr": [0.1, 0.2]}})
+        >>> [(unit.config.lr, unit.config.seed, unit.config.seeds) for unit in sweep.units()]
+        [(0.1, 0, 1), (0.1, 1, 1), (0.2, 0, 1), (0.2, 1, 1)]
+        """
         names = list(self.grid)
         fields, linked = self.fields(), {k for k in names if self.linked(k)}
         out = []
@@ -185,6 +308,17 @@ def grid_fields(grid: dict[str, Any]) -> list[str]:
 
     Works on a :class:`Sweep`'s grid and on the ``grid`` of a ``sweep.yaml`` as
     written to a sweep's directory (what :mod:`jaxrobust.report` reads).
+
+    Examples
+    --------
+    >>> grid_fields({
+    ...     "lr": [0.05, 0.1],
+    ...     "partition": [
+    ...         {"heterogeneity": "dirichlet", "alpha": 0.1},
+    ...         {"heterogeneity": "extreme"},
+    ...     ],
+    ... })
+    ['lr', 'heterogeneity', 'alpha']
     """
     names = set(field_types())
     out: list[str] = []
@@ -229,7 +363,23 @@ def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[
 def check_defences(units: Sequence[Unit]) -> None:
     """Check every defence of the grid once (each algorithm's :func:`check_setting`), so
     that a rule's bound (``krum needs n > 2f + 2``) fails the sweep before anything
-    runs, not when its group comes up."""
+    runs, not when its group comes up.
+
+    Raises
+    ------
+    ValueError
+        The first grid point whose setting an algorithm or a rule refuses.
+
+    Examples
+    --------
+    >>> sweep = Sweep.from_dict(
+    ...     {"num_honest": 3, "num_byzantine": 1, "grid": {"defence": ["median", "krum"]}}
+    ... )
+    >>> check_defences(sweep.units())
+    Traceback (most recent call last):
+    ...
+    ValueError: grid point {'defence': 'krum'}: krum needs n > 2f + 2, got n=4, f=1; ...
+    """
     seen = set()
     for unit in units:
         c = unit.config
@@ -250,13 +400,34 @@ def _cell(value: Any) -> Any:
 
 
 def structure(config: Config) -> str:
-    """What decides the compiled program: every field outside :data:`VMAPPED`."""
+    """What decides the compiled program: every field outside :data:`VMAPPED`.
+
+    Returns
+    -------
+    str
+        Those fields as sorted JSON: equal strings, one program.
+
+    Examples
+    --------
+    >>> structure(Config(lr=0.05, seed=3)) == structure(Config(lr=0.1))
+    True
+    >>> structure(Config(defence="median")) == structure(Config(defence="mean"))
+    False
+    """
     values = {k: v for k, v in config.to_dict().items() if k not in VMAPPED}
     return json.dumps(values, sort_keys=True, default=str)
 
 
 def groups(units: Sequence[Unit]) -> list[list[Unit]]:
-    """Units grouped by program structure, in first-appearance order."""
+    """Units grouped by program structure (:func:`structure`), in first-appearance order.
+
+    Examples
+    --------
+    >>> sweep = Sweep.from_dict({"grid": {"defence": ["median", "mean"], "lr": [0.05, 0.1]}})
+    >>> [[unit.grid_values for unit in group] for group in groups(sweep.units())]
+    [[{'defence': 'median', 'lr': 0.05}, {'defence': 'median', 'lr': 0.1}],
+     [{'defence': 'mean', 'lr': 0.05}, {'defence': 'mean', 'lr': 0.1}]]
+    """
     out: dict[str, list[Unit]] = {}
     for unit in units:
         out.setdefault(structure(unit.config), []).append(unit)
@@ -269,7 +440,18 @@ def groups(units: Sequence[Unit]) -> list[list[Unit]]:
 
 
 def table_width(units: Sequence[Unit], labels) -> int:
-    """Columns of the widest partition table of ``units`` (its largest worker's examples)."""
+    """Columns of the widest partition table of ``units`` (its largest worker's examples).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.repeat(np.arange(2), 10)
+    >>> sweep = Sweep.from_dict(
+    ...     {"num_honest": 4, "grid": {"heterogeneity": ["iid", "extreme"]}}
+    ... )
+    >>> table_width(sweep.units(), labels)  # 20 examples, 5 per worker in both
+    5
+    """
     return max(
         int(simulator.run_tables([(u.config, u.config.seed)], labels)[0].shape[-1]) for u in units
     )
@@ -293,6 +475,38 @@ def batch_states(
     :func:`jaxrobust.run.simulator.run_tables` pads), so that batches of one group
     share their shapes and compiled program. Workers sample only their first
     ``sizes`` entries, so the padding changes no result.
+
+    Parameters
+    ----------
+    units : sequence of Unit
+        The runs, in order.
+    dataset : Dataset
+        The data set; its ``y_train`` is partitioned.
+    init : callable
+        ``init(keys, indices, sizes, hyper)``, the first of
+        :func:`jaxrobust.run.simulator.compiled_run`'s results.
+    mesh : Mesh, optional
+        Shard the runs over its devices.
+    width : int, optional
+        The partition tables' least number of columns.
+
+    Returns
+    -------
+    pytree
+        ``init``'s result: the states, leaves with a leading run axis.
+
+    Examples
+    --------
+    With the real ``init``, the result is the algorithm's stacked state;
+    any function of the same arguments shows what ``init`` is given:
+
+    >>> from jaxrobust.data import load_dataset
+    >>> def show(keys, indices, sizes, hyper):
+    ...     return keys.shape, indices.shape, sizes.tolist(), hyper.lr.tolist()
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> units = Sweep.from_dict({"num_honest": 4, "grid": {"lr": [0.5, 0.25]}}).units()
+    >>> batch_states(units, dataset, show, width=64)  # 50 examples each, padded to 64
+    ((2,), (2, 4, 64), [[50, 50, 50, 50], [50, 50, 50, 50]], [0.5, 0.25])
     """
     indices, sizes = simulator.run_tables(
         [(u.config, u.config.seed) for u in units], dataset.y_train
@@ -312,12 +526,44 @@ def batch_states(
 
 
 def default_mesh() -> Mesh | None:
-    """The mesh a sweep shards its runs over: this host's devices, or None if it has one."""
+    """The mesh a sweep shards its runs over: this host's devices, or None if it has one.
+
+    Returns
+    -------
+    Mesh or None
+        A 1-D mesh with axis ``"runs"`` (:func:`jaxrobust.run.distributed.runs_mesh`).
+
+    Examples
+    --------
+    >>> import jax
+    >>> mesh = default_mesh()
+    >>> mesh is None if jax.local_device_count() == 1 else mesh.axis_names == ("runs",)
+    True
+    """
     return distributed.runs_mesh() if jax.local_device_count() > 1 else None
 
 
 def resolve_mesh(mesh: Mesh | None | str) -> Mesh | None:
-    """``"auto"``: :func:`default_mesh`; a mesh or None: itself."""
+    """``"auto"``: :func:`default_mesh`; a mesh or None: itself.
+
+    Raises
+    ------
+    ValueError
+        Another string, or a mesh whose axes are not ``("runs",)``.
+
+    Examples
+    --------
+    >>> import jax
+    >>> resolve_mesh(None) is None
+    True
+    >>> mesh = resolve_mesh("auto")  # default_mesh(): None on a single device
+    >>> mesh is None if jax.local_device_count() == 1 else mesh.axis_names == ("runs",)
+    True
+    >>> resolve_mesh("all")
+    Traceback (most recent call last):
+    ...
+    ValueError: mesh must be a Mesh, None or 'auto', got 'all'
+    """
     if isinstance(mesh, str):
         if mesh != "auto":
             raise ValueError(f"mesh must be a Mesh, None or 'auto', got {mesh!r}")
@@ -343,6 +589,56 @@ def iterate_batch(
     a multiple of the device count; ``states`` include the padded runs, the
     rows do not. ``width``: the partition tables' columns (see
     :func:`batch_states`).
+
+    Parameters
+    ----------
+    units : sequence of Unit
+        The runs; all of one program structure (:func:`groups`).
+    dataset : Dataset
+        The data set, with its validation split if the runs ask for one.
+    compiled : tuple
+        ``(init, chunk, evaluate, simulation)`` of the units' program
+        (:func:`jaxrobust.run.simulator.compiled_run`).
+    mesh : Mesh, None or "auto"
+        Where the runs go (:func:`resolve_mesh`).
+    width : int, optional
+        As in :func:`batch_states`.
+
+    Yields
+    ------
+    step : int
+        Rounds done.
+    rows : list of dict
+        One per unit: ``run_id``, the grid values, ``seed``, ``step`` and
+        the measurements.
+    states : pytree
+        The stacked states, padded runs included.
+
+    Examples
+    --------
+    :func:`run_sweep` runs a real algorithm this way. A stand-in for
+    :func:`jaxrobust.run.simulator.compiled_run`'s result makes the rows easy
+    to follow:
+
+    >>> import jax
+    >>> from types import SimpleNamespace
+    >>> from jaxrobust.algorithms.base import RoundMetrics
+    >>> from jaxrobust.data import load_dataset
+    >>> from jaxrobust.run.simulator import scan_chunk
+    >>> def init(keys, indices, sizes, hyper):  # a run's state: its learning rate
+    ...     return hyper.lr
+    >>> def step(lr):  # halve the rate; report the rate before
+    ...     return lr / 2, RoundMetrics(lr, lr, lr, lr)
+    >>> def evaluate(params):
+    ...     return {"test_accuracy": 1 - params}
+    >>> sim = SimpleNamespace(params=lambda state: state)  # the parameters: the state
+    >>> compiled = (init, scan_chunk(step, 1), jax.jit(evaluate), sim)
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> sweep = Sweep.from_dict({"steps": 2, "eval_every": 1, "grid": {"lr": [0.5, 0.25]}})
+    >>> for step, rows, states in iterate_batch(sweep.units(), dataset, compiled, mesh=None):
+    ...     print(step, [(row["lr"], row["train_loss"], row["test_accuracy"]) for row in rows])
+    1 [(0.5, 0.5, 0.75), (0.25, 0.25, 0.875)]
+    2 [(0.5, 0.25, 0.875), (0.25, 0.125, 0.9375)]
     """
     init, chunk, evaluate, sim = compiled
     mesh = resolve_mesh(mesh)
@@ -372,7 +668,38 @@ def run_batch(
     mesh: Mesh | None | str = "auto",
     width: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run units together; one row per unit and evaluation (see :func:`iterate_batch`)."""
+    """Run units together; one row per unit and evaluation (see :func:`iterate_batch`).
+
+    Returns
+    -------
+    list of dict
+        The rows of every evaluation, in order (the ``runs.csv`` rows).
+
+    Examples
+    --------
+    With the stand-in program of :func:`iterate_batch`'s example:
+
+    >>> import jax
+    >>> from types import SimpleNamespace
+    >>> from jaxrobust.algorithms.base import RoundMetrics
+    >>> from jaxrobust.data import load_dataset
+    >>> from jaxrobust.run.simulator import scan_chunk
+    >>> def init(keys, indices, sizes, hyper):  # a run's state: its learning rate
+    ...     return hyper.lr
+    >>> def step(lr):  # halve the rate; report the rate before
+    ...     return lr / 2, RoundMetrics(lr, lr, lr, lr)
+    >>> def evaluate(params):
+    ...     return {"test_accuracy": 1 - params}
+    >>> sim = SimpleNamespace(params=lambda state: state)  # the parameters: the state
+    >>> compiled = (init, scan_chunk(step, 1), jax.jit(evaluate), sim)
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> sweep = Sweep.from_dict({"steps": 2, "eval_every": 1, "grid": {"lr": [0.5, 0.25]}})
+    >>> rows = run_batch(sweep.units(), dataset, compiled, mesh=None)
+    >>> [(row["step"], row["seed"], row["lr"], row["train_loss"]) for row in rows]
+    [(1, 0, 0.5, 0.5), (1, 0, 0.25, 0.25), (2, 0, 0.5, 0.25), (2, 0, 0.25, 0.125)]
+    >>> rows[0]["run_id"] == sweep.units()[0].run_id
+    True
+    """
     batches = iterate_batch(units, dataset, compiled, mesh=mesh, width=width)
     return [row for _, rows, _ in batches for row in rows]
 
@@ -385,6 +712,36 @@ def memory_per_unit(
     Measured on the first unit with its partition table padded to ``width``
     columns (default: the widest of ``units``, :func:`table_width`), the
     shape every batch of the group runs with.
+
+    Returns
+    -------
+    int
+        Temporary, argument and output bytes of one unit's chunk; 0 where
+        the backend gives no memory analysis.
+
+    Examples
+    --------
+    With the stand-in program of :func:`iterate_batch`'s example (a real one
+    compiles the same way):
+
+    >>> import jax
+    >>> from types import SimpleNamespace
+    >>> from jaxrobust.algorithms.base import RoundMetrics
+    >>> from jaxrobust.data import load_dataset
+    >>> from jaxrobust.run.simulator import scan_chunk
+    >>> def init(keys, indices, sizes, hyper):  # a run's state: its learning rate
+    ...     return hyper.lr
+    >>> def step(lr):  # halve the rate; report the rate before
+    ...     return lr / 2, RoundMetrics(lr, lr, lr, lr)
+    >>> def evaluate(params):
+    ...     return {"test_accuracy": 1 - params}
+    >>> sim = SimpleNamespace(params=lambda state: state)  # the parameters: the state
+    >>> compiled = (init, scan_chunk(step, 1), jax.jit(evaluate), sim)
+    >>> dataset = load_dataset("digits", max_train=200)
+    >>> sweep = Sweep.from_dict({"steps": 2, "eval_every": 1, "grid": {"lr": [0.5, 0.25]}})
+    >>> per_unit = memory_per_unit(compiled, sweep.units(), dataset)
+    >>> isinstance(per_unit, int) and per_unit >= 0
+    True
     """
     init, chunk, _, _ = compiled
     if width is None:
@@ -401,7 +758,15 @@ def memory_per_unit(
 
 
 def device_memory() -> int:
-    """Bytes available to one program: the device's limit, or physical memory on CPU."""
+    """Bytes available to one program: the device's limit, or physical memory on CPU.
+
+    On an accelerator, its memory limit less the bytes in use.
+
+    Examples
+    --------
+    >>> device_memory() > 2**20
+    True
+    """
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -415,6 +780,22 @@ def batch_over_devices(per_device: int, devices: int, platform: str | None = Non
     devices share the host's memory, which :func:`device_memory` already
     counts once: ``per_device``, rounded down to a multiple of ``devices``
     (at least ``devices``) so no padding is wasted.
+
+    Parameters
+    ----------
+    per_device : int
+        Units that fit one device (:func:`choose_batch`).
+    devices : int
+        Devices the runs are split over.
+    platform : str, optional
+        ``"cpu"``, ``"gpu"``, ...; default: this host's first device's.
+
+    Examples
+    --------
+    >>> batch_over_devices(10, 4, "gpu")
+    40
+    >>> batch_over_devices(10, 4, "cpu"), batch_over_devices(3, 4, "cpu")
+    (8, 4)
     """
     platform = jax.local_devices()[0].platform if platform is None else platform
     if platform != "cpu":
@@ -423,7 +804,35 @@ def batch_over_devices(per_device: int, devices: int, platform: str | None = Non
 
 
 def choose_batch(per_unit: int, available: int, max_batch: int | None, fraction=0.5) -> int:
-    """Units per program: ``max_batch`` if given, else as many as fit in ``fraction`` of memory."""
+    """Units per program: ``max_batch`` if given, else as many as fit in ``fraction`` of memory.
+
+    Parameters
+    ----------
+    per_unit : int
+        Bytes one unit needs (:func:`memory_per_unit`).
+    available : int
+        Bytes available (:func:`device_memory`).
+    max_batch : int or None
+        A fixed batch size, used as is.
+    fraction : float
+        The part of ``available`` to fill.
+
+    Raises
+    ------
+    MemoryError
+        One unit needs more than ``fraction`` of ``available``.
+
+    Examples
+    --------
+    >>> choose_batch(2**20, 2**30, None)  # 1 MiB each, half of 1 GiB
+    512
+    >>> choose_batch(2**20, 2**30, 8)
+    8
+    >>> choose_batch(2**31, 2**31, None)
+    Traceback (most recent call last):
+    ...
+    MemoryError: one run needs about 2.00 GiB but only 1.00 GiB is available to a program; ...
+    """
     if max_batch is not None:
         return max_batch
     budget = int(available * fraction)
@@ -442,14 +851,70 @@ def choose_batch(per_unit: int, available: int, max_batch: int | None, fraction=
 
 def columns(sweep: Sweep) -> list[str]:
     """``runs.csv``'s header: the run id, the grid's fields (:meth:`Sweep.fields`), the
-    seed and the measurements."""
+    seed and the measurements.
+
+    The measurements are :func:`jaxrobust.run.simulator.metric_columns` of
+    the sweep's algorithms, from ``step`` on.
+
+    Examples
+    --------
+    >>> columns(Sweep.from_dict({"grid": {"lr": [0.05, 0.1]}}))
+    ['run_id', 'lr', 'seed', 'step', 'test_accuracy', 'test_loss', ...]
+    >>> columns(Sweep.from_dict({"algorithm": "marina_pp", "grid": {"lr": [0.1]}}))[-2:]
+    ['full_round', 'attacked']
+    """
     algorithms = {u.config.algorithm for u in sweep.units()}
     names = [a for a in simulator.registry("algorithm") if a in algorithms]
     return ["run_id", *sweep.fields(), "seed", *simulator.metric_columns(names)[1:]]
 
 
 def completed_runs(path: str, header: list[str], steps: int) -> set[str]:
-    """Run ids with a row at the final step; rewrites the file without the others' rows."""
+    """Run ids with a row at the final step; rewrites the file without the others' rows.
+
+    Rows of the wrong length (a line cut short by an interrupted write) are
+    dropped too.
+
+    Parameters
+    ----------
+    path : str
+        ``runs.csv``; a missing file has no runs.
+    header : list of str
+        The expected header (:func:`columns`).
+    steps : int
+        The sweep's final step.
+
+    Returns
+    -------
+    set of str
+        The run ids complete.
+
+    Raises
+    ------
+    ValueError
+        The file's header is not ``header``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> header = ["run_id", "seed", "step"]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "runs.csv")
+    ...     append_rows(path, header, [
+    ...         {"run_id": "a", "seed": 0, "step": 1},
+    ...         {"run_id": "a", "seed": 0, "step": 2},
+    ...         {"run_id": "b", "seed": 0, "step": 1},  # b stopped before step 2
+    ...     ])
+    ...     done = completed_runs(path, header, steps=2)
+    ...     with open(path) as fh:
+    ...         text = fh.read()
+    >>> done
+    {'a'}
+    >>> print(text)
+    run_id,seed,step
+    a,0,1
+    a,0,2
+    <BLANKLINE>
+    """
     if not os.path.exists(path):
         return set()
     with open(path, newline="") as fh:
@@ -484,6 +949,34 @@ def completed_runs(path: str, header: list[str], steps: int) -> set[str]:
 
 
 def append_rows(path: str, header: list[str], rows: list[dict]) -> None:
+    """Append ``rows`` to the CSV file ``path``, with ``header`` first if it is new.
+
+    The file is flushed and synced, so the rows survive an interruption.
+
+    Parameters
+    ----------
+    path : str
+        The CSV file, created if missing.
+    header : list of str
+        Its columns, in order.
+    rows : list of dict
+        Column -> value; every key must be in ``header`` (missing ones are
+        left empty).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = os.path.join(tmp, "runs.csv")
+    ...     append_rows(path, ["run_id", "step"], [{"run_id": "a", "step": 1}])
+    ...     append_rows(path, ["run_id", "step"], [{"run_id": "a", "step": 2}])
+    ...     with open(path) as fh:
+    ...         print(fh.read())
+    run_id,step
+    a,1
+    a,2
+    <BLANKLINE>
+    """
     new = not os.path.exists(path)
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
@@ -517,6 +1010,63 @@ def run_sweep(
     batch runs with its runs split over all local devices (see
     :func:`iterate_batch`); ``None`` runs on the default device only. Without
     ``max_batch``, the batch then holds as many units as fit on every device.
+
+    Also writes ``out/sweep.yaml``: the base's fields and the grid (what
+    :mod:`jaxrobust.report` reads).
+
+    Parameters
+    ----------
+    sweep : Sweep
+        The grid.
+    out : str
+        The output directory, created if needed; a ``runs.csv`` already
+        there is resumed (:func:`completed_runs`).
+    max_batch : int, optional
+        Units per program; default: as many as fit in half the memory
+        (:func:`memory_per_unit`, :func:`choose_batch`).
+    dataset : Dataset, optional
+        One data set for every run; default: each run's own
+        (:func:`jaxrobust.run.simulator.load_for`).
+    on_batch : callable, optional
+        ``on_batch(done, total, ran_now, seconds)``, e.g. :func:`progress_printer`.
+    mesh : Mesh, None or "auto"
+        Where the runs go (:func:`resolve_mesh`).
+
+    Returns
+    -------
+    str
+        The path of ``runs.csv``.
+
+    Raises
+    ------
+    ValueError
+        A grid with a configuration twice, a setting a rule refuses
+        (:func:`check_defences`), or a ``runs.csv`` of another sweep.
+    MemoryError
+        One run does not fit (:func:`choose_batch`).
+
+    Examples
+    --------
+    Two learning rates, run as one batch; started again, the sweep finds
+    them done and runs nothing:
+
+    >>> import csv, os, tempfile
+    >>> sweep = Sweep.from_dict({
+    ...     "model": "logistic_regression", "max_train": 200, "num_honest": 4,
+    ...     "num_byzantine": 1, "steps": 2, "eval_every": 1, "grid": {"lr": [0.05, 0.1]},
+    ... })
+    >>> def on_batch(done, total, ran, seconds):
+    ...     print(f"{done}/{total} runs done, {ran} by this call")
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     path = run_sweep(sweep, out, max_batch=2, mesh=None, on_batch=on_batch)
+    ...     with open(path) as fh:
+    ...         rows = list(csv.DictReader(fh))
+    ...     _ = run_sweep(sweep, out, max_batch=2, mesh=None, on_batch=on_batch)
+    ...     print(sorted(os.listdir(out)))
+    2/2 runs done, 2 by this call
+    ['runs.csv', 'sweep.yaml']
+    >>> [(row["lr"], row["step"]) for row in rows]
+    [('0.05', '1'), ('0.1', '1'), ('0.05', '2'), ('0.1', '2')]
     """
     mesh = resolve_mesh(mesh)
     os.makedirs(out, exist_ok=True)
@@ -596,6 +1146,16 @@ def progress_printer(stream=None) -> Callable[[int, int, int, float], None]:
     -------
     callable
         ``show(done, total, ran, seconds)``, as ``run_sweep`` calls ``on_batch``.
+
+    Examples
+    --------
+    >>> import io
+    >>> stream = io.StringIO()
+    >>> show = progress_printer(stream)
+    >>> show(2, 4, 2, 1.0)  # the first batch: 2 of 4 runs, after 1 s
+    >>> show(4, 4, 4, 2.0)  # the last: the bar closes
+    >>> stream.getvalue().split("\\r")[-1]
+    'sweep: 100%|...| 4/4 [00:0...run/s]\\n'
     """
     from tqdm import tqdm
 
