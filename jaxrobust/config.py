@@ -69,6 +69,7 @@ __all__ = [
     "describe",
     "field_types",
     "load_plugins",
+    "grid_fields",
     "vmapped_fields",
 ]
 
@@ -796,6 +797,34 @@ def default_of(name: str) -> Any:
 def field_types() -> dict[str, Any]:
     """Every field's type annotation, in declaration order."""
     return {name: info.annotation for name, info in Config.model_fields.items()}
+
+
+def grid_fields(grid: dict[str, Any]) -> list[str]:
+    """Config fields a grid sets, in grid order: plain axes, and every field of a
+    linked axis (in order of first appearance in its mappings).
+
+    Works on a :class:`jaxrobust.run.sweep.Sweep`'s grid and on the ``grid`` of a ``sweep.yaml`` as
+    written to a sweep's directory (what :mod:`jaxrobust.report` reads).
+
+    Examples
+    --------
+    >>> grid_fields({
+    ...     "lr": [0.05, 0.1],
+    ...     "partition": [
+    ...         {"heterogeneity": "dirichlet", "alpha": 0.1},
+    ...         {"heterogeneity": "extreme"},
+    ...     ],
+    ... })
+    ['lr', 'heterogeneity', 'alpha']
+    """
+    names = set(field_types())
+    out: list[str] = []
+    for name, options in grid.items():
+        if name in names or not isinstance(options, list):
+            out.append(name)
+        else:
+            out.extend(k for mapping in options if isinstance(mapping, dict) for k in mapping)
+    return list(dict.fromkeys(out))
 
 
 def vmapped_fields() -> tuple[str, ...]:

@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from jaxrobust.config import grid_fields
 from jaxrobust.core.types import METRIC_COLUMNS
 
 #: Grid fields tuned per setting rather than reported as settings.
@@ -829,15 +830,6 @@ def _description(table: WorstCaseTable) -> str:
     return text
 
 
-def _grid_names(grid: dict[str, Any]) -> set[str]:
-    """Every name a sweep's ``grid`` sets: its axes and the fields of its linked axes."""
-    names = set(grid)
-    for options in grid.values():
-        if isinstance(options, list):
-            names.update(k for mapping in options if isinstance(mapping, dict) for k in mapping)
-    return names
-
-
 def _markdown_rows(frame: pd.DataFrame) -> list[str]:
     """``| a | b |`` lines, one per row of a frame of cell texts."""
     return ("| " + frame.agg(" | ".join, axis=1) + " |").tolist() if len(frame) else []
@@ -961,7 +953,8 @@ def table_markdown(table: WorstCaseTable, sweep_config: dict[str, Any] | None = 
     constants = {f: table.rows[0].setting[f] for f in fixed} if table.rows else {}
     if sweep_config:
         # runs.csv's own columns: plain grid fields and the fields of linked axes
-        columns = {*_grid_names(sweep_config.get("grid") or {}), *table.setting_fields}
+        grid = sweep_config.get("grid") or {}
+        columns = {*grid, *grid_fields(grid), *table.setting_fields}
         columns.update(table.hyperparameter_fields)
         for name in CONSTANTS_SHOWN:
             if name in sweep_config and name not in columns and name not in constants:

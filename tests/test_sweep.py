@@ -308,3 +308,15 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_rows(tmp_path):
             assert r == old[(r["run_id"], r["step"])]
     assert f"{total_units}/{total_units}" in result.stderr  # the progress bar reached the end
     assert np.isfinite([float(r["test_loss"]) for r in rows]).all()
+
+
+def test_grid_over_a_field_left_out_of_to_dict_when_empty_is_a_plain_axis():
+    """defence_options (written only when set) is still a config field, not a linked axis."""
+    from jaxrobust.run.sweep import Sweep
+
+    options = [{"nnm": {}}, {"trimmed_mean": {}}]
+    sweep = Sweep.from_dict(
+        {"defence": ["nnm", "trimmed_mean"], "grid": {"defence_options": options}}
+    )
+    assert sweep.fields() == ["defence_options"]
+    assert [unit.config.defence_options for unit in sweep.units()] == options

@@ -62,7 +62,14 @@ import yaml
 from jax.sharding import Mesh
 
 from jaxrobust.algorithms.base import check_setting
-from jaxrobust.config import Config, coerce, field_types, load_plugins, vmapped_fields
+from jaxrobust.config import (  # noqa: F401  (grid_fields re-exported)
+    Config,
+    coerce,
+    field_types,
+    grid_fields,
+    load_plugins,
+    vmapped_fields,
+)
 from jaxrobust.data import datasets
 from jaxrobust.run import distributed, simulator
 
@@ -222,7 +229,7 @@ class Sweep:
         if not isinstance(grid, dict):
             raise ValueError("'grid' must map config fields (or linked axes) to lists of values")
         base = Config.from_dict(values)
-        fields = set(base.to_dict())
+        fields = set(field_types())  # every field, also those to_dict leaves out when empty
         valid = ", ".join(sorted(fields))
         out: dict[str, list] = {}
         owner: dict[str, str] = {}  # grid field -> the axis that sets it
@@ -300,34 +307,6 @@ class Sweep:
                 unit_config = config.replace(seed=config.seed + s, seeds=1)
                 out.append(Unit(unit_config, cells))
         return out
-
-
-def grid_fields(grid: dict[str, Any]) -> list[str]:
-    """Config fields a grid sets, in grid order: plain axes, and every field of a
-    linked axis (in order of first appearance in its mappings).
-
-    Works on a :class:`Sweep`'s grid and on the ``grid`` of a ``sweep.yaml`` as
-    written to a sweep's directory (what :mod:`jaxrobust.report` reads).
-
-    Examples
-    --------
-    >>> grid_fields({
-    ...     "lr": [0.05, 0.1],
-    ...     "partition": [
-    ...         {"heterogeneity": "dirichlet", "alpha": 0.1},
-    ...         {"heterogeneity": "extreme"},
-    ...     ],
-    ... })
-    ['lr', 'heterogeneity', 'alpha']
-    """
-    names = set(field_types())
-    out: list[str] = []
-    for name, options in grid.items():
-        if name in names or not isinstance(options, list):
-            out.append(name)
-        else:
-            out.extend(k for mapping in options if isinstance(mapping, dict) for k in mapping)
-    return list(dict.fromkeys(out))
 
 
 def _linked_axis(name: str, options: Any, fields: set[str], valid: str) -> list[dict[str, Any]]:
