@@ -71,23 +71,25 @@ FULL = {
     "sweep_runs": 80,
     "sweep_steps": 200,
     "max_train": None,
+    "max_test": None,
     "precision_n": 16,
     "precision_d": 1 << 20,
     "max_runs": 4096,
 }
 QUICK = {
     "n_small": 16,
-    "d_small": 4096,
-    "n_large": (64,),
-    "d_large": 1024,
-    "repeats": 2,
-    "step_steps": 2,
-    "sweep_runs": 4,
+    "d_small": 2048,
+    "n_large": (kernels.SORT_NETWORK_MAX_N + 32,),  # above the network: the large-n kernels
+    "d_large": 256,
+    "repeats": 1,
+    "step_steps": 1,
+    "sweep_runs": 2,
     "sweep_steps": 2,
-    "max_train": 2000,
+    "max_train": 1000,
+    "max_test": 100,
     "precision_n": 8,
     "precision_d": 4096,
-    "max_runs": 8,
+    "max_runs": 4,
 }
 # Shares of the whole budget, in the order the sections run.
 SHARES = {"rules": 0.32, "step": 0.14, "sweep": 0.24, "precision": 0.06, "memory": 0.24}
@@ -144,11 +146,12 @@ def section_rules(sizes: dict, budget: Budget) -> dict:
 # --------------------------------------------------------------------------
 
 
-def arc_config(data_dir: str, max_train) -> Config:
+def arc_config(data_dir: str, sizes: dict) -> Config:
     return Config(
         dataset="mnist",
         data_dir=data_dir,
-        max_train=max_train,
+        max_train=sizes["max_train"],
+        max_test=sizes["max_test"],
         model="arc_cnn",
         num_honest=10,
         num_byzantine=3,
@@ -162,7 +165,7 @@ def arc_config(data_dir: str, max_train) -> Config:
 
 
 def section_step(sizes: dict, budget: Budget, data_dir: str) -> dict:
-    config = arc_config(data_dir, sizes["max_train"])
+    config = arc_config(data_dir, sizes)
     dataset = simulator.load_for(config)
     steps, repeats = sizes["step_steps"], sizes["repeats"]
     plain = step_bench.data_parallel_ms(dataset, 325, steps, repeats)
@@ -190,7 +193,11 @@ def table_program(sizes: dict, data_dir: str, steps: int):
         dataclasses.replace(
             u,
             config=u.config.replace(
-                data_dir=data_dir, max_train=sizes["max_train"], steps=steps, eval_every=eval_every
+                data_dir=data_dir,
+                max_train=sizes["max_train"],
+                max_test=sizes["max_test"],
+                steps=steps,
+                eval_every=eval_every,
             ),
         )
         for u in groups[0][: sizes["sweep_runs"]]
@@ -305,30 +312,49 @@ def peak_bytes():
     return stats.get("peak_bytes_in_use"), stats.get("bytes_limit")
 
 
+def try_sizes(start: int, fit: int, cap: int) -> list[int]:
+    """Runs per program to try: ``start``, ``2 start``, and the powers-of-two multiples of
+    ``start`` around the estimate ``fit`` (the last below it and the first above it).
+
+    >>> try_sizes(80, 1000, 4096)
+    [80, 160, 640, 1280]
+    """
+    sizes = {start, 2 * start}
+    if fit > start:
+        below = start * 2 ** int(math.log2(fit / start))
+        sizes |= {below, 2 * below}
+    return sorted(v for v in sizes if v <= cap)
+
+
 def section_memory(sizes: dict, budget: Budget, context: dict) -> dict:
     if "units" not in context:
         return {"skipped": "the sweep section did not build its program"}
-    units, dataset, compiled, width = (
-        context[k] for k in ("units", "dataset", "compiled", "width")
-    )
-    one = units[:1]
-    per_unit = sweeps.memory_per_unit(compiled, one, dataset, width)
-    peak, limit = peak_bytes()
+    units, dataset, width = (context[k] for k in ("units", "dataset", "width"))
+    # The same program with a one-step chunk: the memory of a run does not grow with the
+    # scan's length, and each try then costs one step of all its runs.
+    config = units[0].config.replace(steps=1, eval_every=1)
+    unit = dataclasses.replace(units[0], config=config)
+    compiled = simulator.compiled_run(config, dataset)
+    per_unit = sweeps.memory_per_unit(compiled, [unit], dataset, width)
+    _, limit = peak_bytes()
     available = sweeps.device_memory()
+    fit = available // max(per_unit, 1)
     out = {
         "estimate_bytes_per_run": per_unit,
         "device_bytes_limit": limit,
         "available_bytes": available,
-        "estimated_runs_that_fit": available // max(per_unit, 1),
+        "estimated_runs_that_fit": fit,
         "tries": [],
     }
-    runs, largest = 1, None
-    while runs <= sizes["max_runs"] and not budget.spent():
-        batch = [one[0]] * runs
+    init, chunk, _, _ = compiled
+    largest, stopped = None, "cap"
+    for runs in try_sizes(sizes["sweep_runs"], fit, sizes["max_runs"]):
+        if budget.spent():
+            stopped = "time budget"
+            break
         try:
             start = time.perf_counter()
-            init, chunk, _, _ = compiled
-            states = sweeps.batch_states(batch, dataset, init, width=width)
+            states = sweeps.batch_states([unit] * runs, dataset, init, width=width)
             analysis = chunk.lower(states).compile().memory_analysis()
             jax.block_until_ready(chunk(states))
             estimate = None
@@ -351,26 +377,17 @@ def section_memory(sizes: dict, budget: Budget, context: dict) -> dict:
             largest = runs
             del states
         except Exception as exc:  # noqa: BLE001  (out of memory ends the doubling)
+            first = (str(exc).splitlines() or [""])[0][:200]
             out["tries"].append(
-                {
-                    "runs": runs,
-                    "ok": False,
-                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                }
+                {"runs": runs, "ok": False, "error": f"{type(exc).__name__}: {first}"}
             )
+            stopped = "error"
             break
-        runs *= 2
     out["largest_runs_per_program"] = largest
-    out["stopped_by"] = (
-        "error"
-        if out["tries"] and not out["tries"][-1]["ok"]
-        else "cap"
-        if runs > sizes["max_runs"]
-        else "time budget"
-    )
+    out["stopped_by"] = stopped
     ok = [t for t in out["tries"] if t["ok"] and t.get("estimate_bytes")]
     if len(ok) >= 2:
-        a, b = ok[-2], ok[-1]
+        a, b = ok[0], ok[-1]
         out["estimate_bytes_per_extra_run"] = (b["estimate_bytes"] - a["estimate_bytes"]) / (
             b["runs"] - a["runs"]
         )
