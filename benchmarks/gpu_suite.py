@@ -89,7 +89,7 @@ QUICK = {
     "max_test": 100,
     "precision_n": 8,
     "precision_d": 4096,
-    "max_runs": 4,
+    "max_runs": 2,
 }
 # Shares of the whole budget, in the order the sections run.
 SHARES = {"rules": 0.32, "step": 0.14, "sweep": 0.24, "precision": 0.06, "memory": 0.24}
