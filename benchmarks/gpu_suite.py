@@ -24,7 +24,8 @@ Sections, each measured side by side with its reference in the same process:
 Every section has a time budget (a share of ``--budget-s``): what would
 start after it is skipped with a note, so the command ends in time (about
 8 minutes with compilation on one H200). ``--quick`` runs the same code at
-tiny sizes (on CPU in about a minute); ``tests/test_benchmarks.py`` runs it.
+tiny sizes, with the MLP in place of the CNN (whose programs take minutes to
+compile on CPU); ``tests/test_benchmarks.py`` runs it.
 
 The suite installs nothing. On a bare machine with jax, flax and optax:
 ``pip install -e . --no-deps`` (plus any missing dependency of jaxrobust as a
@@ -53,9 +54,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import large_n  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import step as step_bench  # noqa: E402
 
-from jaxrobust import kernels, simulator  # noqa: E402
+from jaxrobust import kernels, models, simulator  # noqa: E402
 from jaxrobust import sweep as sweeps  # noqa: E402
 from jaxrobust.config import Config  # noqa: E402
 
@@ -72,6 +74,7 @@ FULL = {
     "sweep_steps": 200,
     "max_train": None,
     "max_test": None,
+    "model": "arc_cnn",
     "precision_n": 16,
     "precision_d": 1 << 20,
     "max_runs": 4096,
@@ -87,6 +90,9 @@ QUICK = {
     "sweep_steps": 2,
     "max_train": 1000,
     "max_test": 100,
+    # The MLP instead of the CNN: on CPU the CNN's programs take minutes to compile, and
+    # without convolutions the CPU runs the same lax.scan chunk an accelerator runs.
+    "model": "mlp",
     "precision_n": 8,
     "precision_d": 4096,
     "max_runs": 2,
@@ -152,7 +158,7 @@ def arc_config(data_dir: str, sizes: dict) -> Config:
         data_dir=data_dir,
         max_train=sizes["max_train"],
         max_test=sizes["max_test"],
-        model="arc_cnn",
+        model=sizes["model"],
         num_honest=10,
         num_byzantine=3,
         batch_size=25,
@@ -164,11 +170,38 @@ def arc_config(data_dir: str, sizes: dict) -> Config:
     )
 
 
+def data_parallel_ms(dataset, model_name: str, batch: int, steps: int, repeats: int) -> float:
+    """Milliseconds per plain data-parallel SGD step (one gradient of ``batch`` examples),
+    ``steps`` steps in one ``lax.scan`` as the simulator runs them (``benchmarks/step.py``'s
+    reference, for any model; on CPU with a CNN, ``step.py``'s separate calls)."""
+    if model_name == "arc_cnn":
+        return step_bench.data_parallel_ms(dataset, batch, steps, repeats)
+    model = models.resolve_model(model_name, dataset.num_classes)
+    loss = models.cross_entropy_loss(model)
+    tx = optax.sgd(0.05)
+    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+
+    def step(carry, key):
+        params, opt = carry
+        idx = jax.random.randint(key, (batch,), 0, x.shape[0])
+        grads = jax.grad(loss)(params, (x[idx], y[idx]))
+        updates, opt = tx.update(grads, opt, params)
+        return (optax.apply_updates(params, updates), opt), None
+
+    @jax.jit
+    def run(params, opt, key):
+        return jax.lax.scan(step, (params, opt), jax.random.split(key, steps))[0]
+
+    params = models.init_params(model, jax.random.key(0), dataset.input_shape)
+    opt = tx.init(params)
+    return 1e3 * step_bench.best_time(run, params, opt, jax.random.key(1), repeats=repeats) / steps
+
+
 def section_step(sizes: dict, budget: Budget, data_dir: str) -> dict:
     config = arc_config(data_dir, sizes)
     dataset = simulator.load_for(config)
     steps, repeats = sizes["step_steps"], sizes["repeats"]
-    plain = step_bench.data_parallel_ms(dataset, 325, steps, repeats)
+    plain = data_parallel_ms(dataset, sizes["model"], 325, steps, repeats)
     out = {"dataset": repr(dataset), "steps": steps, "plain_data_parallel_ms": plain}
     if budget.spent():
         out["skipped"] = "time budget spent before the robust step"
@@ -194,6 +227,7 @@ def table_program(sizes: dict, data_dir: str, steps: int):
             u,
             config=u.config.replace(
                 data_dir=data_dir,
+                model=sizes["model"],
                 max_train=sizes["max_train"],
                 max_test=sizes["max_test"],
                 steps=steps,
