@@ -35,6 +35,25 @@ def finite_positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def test_quick_precision_section_writes_both_files(tmp_path, monkeypatch):
+    # The entry point, the report and one section, in the default (fast) suite.
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpu_suite
+
+    out = tmp_path / "out"
+    assert gpu_suite.main([str(out), "--quick", "--sections", "precision"]) == 0
+    report = json.loads((out / "gpu_suite.json").read_text())
+    assert set(report["sections"]) == {"precision"} and report["errors"] == {}
+    for r in report["sections"]["precision"]["rows"]:
+        assert r["centred_highest_max_rel_err"] < 1e-5 and r["kernels_max_rel_err"] < 1e-5
+        assert finite_positive(r["raw_default_ms"]) and finite_positive(r["raw_highest_ms"])
+    # Offset 100 against a spread of 0.01: the raw product loses what centring keeps.
+    big = report["sections"]["precision"]["rows"][-1]
+    assert big["raw_highest_max_rel_err"] > 100 * big["centred_highest_max_rel_err"]
+    assert "## Distance products" in (out / "gpu_suite.md").read_text()
+
+
+@pytest.mark.slow  # about 70 s of CPU time: it compiles some forty programs
 def test_quick_suite_writes_finite_tables(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import gpu_suite
