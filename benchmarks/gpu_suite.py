@@ -124,11 +124,12 @@ def section_rules(sizes: dict, budget: Budget) -> dict:
     settings = [(sizes["n_small"], sizes["d_small"])] + [
         (n, sizes["d_large"]) for n in sizes["n_large"]
     ]
-    for n, d in settings:
+    for i, (n, d) in enumerate(settings):
         if budget.spent():
             blocks.append({"n": n, "d": d, "skipped": "time budget spent"})
             continue
-        deadline = time.monotonic() + budget.left()
+        # An equal share of what is left for each remaining setting, so n = 1,024 runs too.
+        deadline = time.monotonic() + budget.left() / (len(settings) - i)
         pass_ms, rows = large_n.rule_rows(
             n,
             d,
