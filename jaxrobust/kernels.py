@@ -60,6 +60,10 @@ _SELECT_NETWORK_MAX = 32
 # ``python benchmarks/large_n.py --crossover`` (see benchmarks/README.md).
 SORT_NETWORK_MAX_N = 128
 
+# Bytes of keys per column block in the CPU bisection (n = 256: 256 columns, the
+# fastest of 256, 1,024 and 4,096 columns at d = 65,536).
+_SELECT_BLOCK_BYTES = 1 << 18
+
 # The methods :func:`order_statistics` accepts.
 ORDER_STATISTIC_METHODS = ("network", "sort", "top_k", "bisection")
 
@@ -852,19 +856,18 @@ def _from_float_keys(keys: Array, dtype) -> Array:
     return lax.bitcast_convert_type(jnp.where(keys >= sign, keys ^ sign, ~keys), dtype)
 
 
-def _select_bisection(rows: Array, ranks: Sequence[int]) -> list[Array]:
-    """Order statistics of canonical rows ``(n, m)`` by bisection on order keys.
+def _bisect_keys(keys: Array, ranks: Sequence[int]) -> Array:
+    """Keys ``(K, m)`` of the order statistics ``ranks`` of the key columns ``(n, m)``.
 
     One counting pass per key bit: the answer for rank ``k`` is the largest
     key ``v`` with ``#{x < v} <= k``, built from the top bit down.
     """
-    keys = _float_keys(rows)
     bits = keys.dtype.itemsize * 8
     target = jnp.asarray(ranks, jnp.int32)[:, None]
     one = jnp.ones((), keys.dtype)
     # Counts in int16 where n allows: half the bytes through the halving sum (2.0x faster
     # than int32 at n = 256, d = 65,536 on the CPU, side by side).
-    count_dtype = jnp.int16 if rows.shape[0] < 2**15 else jnp.int32
+    count_dtype = jnp.int16 if keys.shape[0] < 2**15 else jnp.int32
 
     def body(p, lo):
         bit = one << (bits - 1 - p).astype(keys.dtype)
@@ -873,7 +876,40 @@ def _select_bisection(rows: Array, ranks: Sequence[int]) -> list[Array]:
         count = sum_workers(below).astype(jnp.int32)
         return jnp.where(count <= target, trial, lo)
 
-    lo = lax.fori_loop(0, bits, body, jnp.zeros((len(ranks), rows.shape[1]), keys.dtype))
+    return lax.fori_loop(0, bits, body, jnp.zeros((len(ranks), keys.shape[1]), keys.dtype))
+
+
+def _bisect_keys_blocked(keys: Array, ranks: Sequence[int]) -> Array:
+    """:func:`_bisect_keys` one cache-sized block of columns at a time (for CPUs)."""
+    n, m = keys.shape
+    width = max(64, _SELECT_BLOCK_BYTES // (keys.dtype.itemsize * n) // 64 * 64)
+    blocks = m // width
+    if blocks < 2:
+        return _bisect_keys(keys, ranks)
+
+    def body(i, acc):
+        block = lax.dynamic_slice_in_dim(keys, i * width, width, axis=1)
+        return lax.dynamic_update_slice_in_dim(acc, _bisect_keys(block, ranks), i * width, axis=1)
+
+    acc = lax.fori_loop(0, blocks, body, jnp.zeros((len(ranks), m), keys.dtype))
+    if blocks * width < m:
+        acc = acc.at[:, blocks * width :].set(_bisect_keys(keys[:, blocks * width :], ranks))
+    return acc
+
+
+def _select_bisection(rows: Array, ranks: Sequence[int]) -> list[Array]:
+    """Order statistics of canonical rows ``(n, m)`` by bisection on their order keys.
+
+    On CPU the 32 counting passes run block by block over cache-sized column
+    blocks (about 4x faster at n = 256, d = 65,536 than over all columns at
+    once, side by side); elsewhere over all columns at once.
+    """
+    keys = _float_keys(rows)
+    lo = lax.platform_dependent(
+        keys,
+        cpu=lambda k: _bisect_keys_blocked(k, ranks),
+        default=lambda k: _bisect_keys(k, ranks),
+    )
     values = _from_float_keys(lo, rows.dtype)
     return [values[i] for i in range(len(ranks))]
 

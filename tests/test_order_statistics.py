@@ -122,3 +122,14 @@ def test_rules_agree_across_the_crossover(monkeypatch, n):
     np.testing.assert_array_equal(np.asarray(large[0]), np.asarray(small[0]))
     np.testing.assert_allclose(np.asarray(large[1]), np.asarray(small[1]), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(large[2]), np.asarray(small[2]))
+
+
+def test_bisection_over_column_blocks_and_a_tail(monkeypatch):
+    # Blocks of 64 columns (the CPU route): 3 whole blocks and a tail of 8.
+    monkeypatch.setattr(kernels, "_SELECT_BLOCK_BYTES", 1)
+    rng = np.random.default_rng(3)
+    x = awkward(rng, 9, 200)
+    got = kernels.order_statistics(jnp.asarray(x), [0, 4, 8], method="bisection")
+    np.testing.assert_array_equal(
+        np.stack([np.asarray(g) for g in got]), sorted_reference(x)[[0, 4, 8]]
+    )
