@@ -1038,11 +1038,12 @@ def rank_range_sum(leaf: Array, lo: int, hi: int, method: str | None = None) -> 
         return sum(r.astype(acc) for r in ordered)
     low, high = (v.astype(acc) for v in order_statistics(leaf, [lo, hi - 1], method))
     values = _order_canonical(leaf).astype(acc)
-    inside = jnp.where((values > low) & (values < high), values, 0.0)
-    at_most_low = (values <= low).astype(jnp.int32)
-    below_high = (values < high).astype(jnp.int32)
-    stacked = sum_workers(jnp.stack([inside, at_most_low.astype(acc), below_high.astype(acc)], 1))
-    inner, n_le_low, n_lt_high = stacked[0], stacked[1], stacked[2]
+    # Three halving sums, each fused with its elementwise producer (stacking the three
+    # first measured 17x slower on the CPU: the stack is written out).
+    count = jnp.int16 if n < 2**15 else jnp.int32
+    inner = sum_workers(jnp.where((values > low) & (values < high), values, 0.0))
+    n_le_low = sum_workers((values <= low).astype(count)).astype(acc)
+    n_lt_high = sum_workers((values < high).astype(count)).astype(acc)
     copies_low = jnp.where(low == high, hi - lo, n_le_low - lo)
     copies_high = jnp.where(low == high, 0, hi - n_lt_high)
     return inner + copies_low * low + jnp.where(copies_high > 0, copies_high * high, 0.0)
