@@ -57,11 +57,13 @@ _SELECT_NETWORK_MAX = 32
 # from selection by bisection on the values' order keys above it (meamed, which
 # needs every order statistic near both ends, from ``jnp.sort``), chosen at
 # trace time. Measured on the 2-core CPU, d = 65,536, with
-# ``python benchmarks/large_n.py --crossover`` (see benchmarks/README.md).
+# ``python benchmarks/large_n.py --crossover --n 64 96 128 --methods network bisection``
+# (see benchmarks/README.md): the network 3 to 10x faster up to 128; at 256 it did not
+# compile within 15 minutes, and bisection ran 4 to 7x faster than jnp.sort or lax.top_k.
 SORT_NETWORK_MAX_N = 128
 
-# Bytes of keys per column block in the CPU bisection (n = 256: 256 columns, the
-# fastest of 256, 1,024 and 4,096 columns at d = 65,536).
+# Bytes of keys per column block in the CPU bisection (n = 256: 256 columns; widths
+# of 64 to 1,024 columns measured within noise of each other at d = 65,536).
 _SELECT_BLOCK_BYTES = 1 << 18
 
 # The methods :func:`order_statistics` accepts.
