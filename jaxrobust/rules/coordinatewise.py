@@ -167,14 +167,8 @@ def median(updates: PyTree) -> PyTree:
     >>> np.asarray(median(x))
     array([2.5, 0.5], dtype=float32)
     """
-    n = kernels.num_workers(updates, "median")
-
-    def rule(s):
-        if n % 2:
-            return s[n // 2]
-        return 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-    return _coordinatewise(updates, rule)
+    kernels.num_workers(updates, "median")
+    return jax.tree_util.tree_map(kernels.coordinate_median, updates)
 
 
 def trimmed_mean(updates: PyTree, f: int) -> PyTree:
@@ -221,7 +215,7 @@ def trimmed_mean(updates: PyTree, f: int) -> PyTree:
     """
     n = kernels.num_workers(updates, "trimmed_mean")
     check_trimmed_mean(n, f)
-    return _coordinatewise(updates, lambda s: sum(s[f : n - f]) / (n - 2 * f))
+    return jax.tree_util.tree_map(lambda leaf: kernels.coordinate_trimmed_mean(leaf, f), updates)
 
 
 def meamed(updates: PyTree, f: int) -> PyTree:
