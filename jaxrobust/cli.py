@@ -454,6 +454,8 @@ def command_list(args: argparse.Namespace) -> int:
       constant  A constant rate
       cosine    Cosine decay from the base rate to zero over the run
       step      x0.1 at half and again at three quarters of the run
+    topology (communication graphs of decentralized algorithms (or a path to an adjacency matrix)):
+      complete ...
     0
     """
     from jaxrobust.core import REGISTRIES

@@ -405,6 +405,7 @@ class Registry(Mapping[str, Callable[..., Any]]):
                 )
             text = description if description is not None else _first_line(fn)
             self._entries[name] = Entry(name, fn, text)
+            self._order_by_module()
             return fn
 
         return add if factory is None else add(factory)
@@ -413,6 +414,21 @@ class Registry(Mapping[str, Callable[..., Any]]):
         """Remove ``name`` (``ValueError`` listing the names if it is not registered)."""
         self.entry(name)
         del self._entries[name]
+
+    def _order_by_module(self) -> None:
+        """Entries in the order of the built-in modules, then users' (each in registration order).
+
+        A built-in module may import another one mid-import (``edge_attacks``
+        imports ``attacks``), so registration order alone would depend on
+        which module a program happens to import first.
+        """
+        rank = {module: i for i, module in enumerate(self._builtins)}
+
+        def key(item: tuple[str, Entry]) -> int:
+            module = getattr(item[1].factory, "__module__", None)
+            return rank.get(module, len(rank))
+
+        self._entries = dict(sorted(self._entries.items(), key=key))
 
     # -- lookup ---------------------------------------------------------------
     def _load(self) -> None:
