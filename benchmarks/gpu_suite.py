@@ -54,10 +54,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import large_n  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 import step as step_bench  # noqa: E402
 
-from jaxrobust import kernels, models, simulator  # noqa: E402
+from jaxrobust import kernels, simulator  # noqa: E402
 from jaxrobust import sweep as sweeps  # noqa: E402
 from jaxrobust.config import Config  # noqa: E402
 
@@ -171,38 +170,11 @@ def arc_config(data_dir: str, sizes: dict) -> Config:
     )
 
 
-def data_parallel_ms(dataset, model_name: str, batch: int, steps: int, repeats: int) -> float:
-    """Milliseconds per plain data-parallel SGD step (one gradient of ``batch`` examples),
-    ``steps`` steps in one ``lax.scan`` as the simulator runs them (``benchmarks/step.py``'s
-    reference, for any model; on CPU with a CNN, ``step.py``'s separate calls)."""
-    if model_name == "arc_cnn":
-        return step_bench.data_parallel_ms(dataset, batch, steps, repeats)
-    model = models.resolve_model(model_name, dataset.num_classes)
-    loss = models.cross_entropy_loss(model)
-    tx = optax.sgd(0.05)
-    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-
-    def step(carry, key):
-        params, opt = carry
-        idx = jax.random.randint(key, (batch,), 0, x.shape[0])
-        grads = jax.grad(loss)(params, (x[idx], y[idx]))
-        updates, opt = tx.update(grads, opt, params)
-        return (optax.apply_updates(params, updates), opt), None
-
-    @jax.jit
-    def run(params, opt, key):
-        return jax.lax.scan(step, (params, opt), jax.random.split(key, steps))[0]
-
-    params = models.init_params(model, jax.random.key(0), dataset.input_shape)
-    opt = tx.init(params)
-    return 1e3 * step_bench.best_time(run, params, opt, jax.random.key(1), repeats=repeats) / steps
-
-
 def section_step(sizes: dict, budget: Budget, data_dir: str) -> dict:
     config = arc_config(data_dir, sizes)
     dataset = simulator.load_for(config)
     steps, repeats = sizes["step_steps"], sizes["repeats"]
-    plain = data_parallel_ms(dataset, sizes["model"], 325, steps, repeats)
+    plain = step_bench.data_parallel_ms(dataset, 325, steps, repeats, sizes["model"])
     out = {"dataset": repr(dataset), "steps": steps, "plain_data_parallel_ms": plain}
     if budget.spent():
         out["skipped"] = "time budget spent before the robust step"

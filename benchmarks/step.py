@@ -74,8 +74,15 @@ def robust_ms(config: Config, dataset: Dataset, steps: int, repeats: int) -> flo
     return 1e3 * best_time(chunk, states, repeats=repeats) / steps
 
 
-def data_parallel_ms(dataset: Dataset, batch: int, steps: int, repeats: int) -> float:
-    model = models.resolve_model("arc_cnn", 10)
+def data_parallel_ms(
+    dataset: Dataset, batch: int, steps: int, repeats: int, model_name: str = "arc_cnn"
+) -> float:
+    """Milliseconds per plain data-parallel SGD step (one gradient of ``batch`` examples).
+
+    ``steps`` steps as the simulator runs them: one ``lax.scan``, or on CPU with
+    the CNN separate jitted calls (as ``simulator.StepLoop``).
+    """
+    model = models.resolve_model(model_name, dataset.num_classes)
     loss = models.cross_entropy_loss(model)
     tx = optax.sgd(0.05)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -87,7 +94,7 @@ def data_parallel_ms(dataset: Dataset, batch: int, steps: int, repeats: int) -> 
         updates, opt = tx.update(grads, opt, params)
         return (optax.apply_updates(params, updates), opt), None
 
-    if jax.default_backend() == "cpu":  # as simulator.StepLoop
+    if jax.default_backend() == "cpu" and model_name == "arc_cnn":  # as simulator.StepLoop
         one = jax.jit(lambda carry, key: step(carry, key)[0])
 
         def run(params, opt, key):
@@ -102,7 +109,7 @@ def data_parallel_ms(dataset: Dataset, batch: int, steps: int, repeats: int) -> 
         def run(params, opt, key):
             return jax.lax.scan(step, (params, opt), jax.random.split(key, steps))[0]
 
-    params = models.init_params(model, jax.random.key(0), (28, 28, 1))
+    params = models.init_params(model, jax.random.key(0), dataset.input_shape)
     opt = tx.init(params)
     return 1e3 * best_time(run, params, opt, jax.random.key(1), repeats=repeats) / steps
 
