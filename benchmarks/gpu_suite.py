@@ -153,18 +153,12 @@ def section_rules(sizes: dict, budget: Budget) -> dict:
 
 
 def arc_config(data_dir: str, sizes: dict) -> Config:
-    return Config(
-        dataset="mnist",
+    """``step.py``'s ARC setting with CWTM o NNM o ARC under aggregator-aware ALIE."""
+    return step_bench.ARC_SETTING.replace(
         data_dir=data_dir,
         max_train=sizes["max_train"],
         max_test=sizes["max_test"],
         model=sizes["model"],
-        num_honest=10,
-        num_byzantine=3,
-        batch_size=25,
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=1e-4,
         defence=("arc", "nnm", "trimmed_mean"),
         attack="alie_aware",
     )
