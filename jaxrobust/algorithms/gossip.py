@@ -303,26 +303,37 @@ def _neighbourhood_error(err: ValueError, graph: Graph, group: NeighbourGroup, b
     )
 
 
+def _checked(config, name: str, make_rule: Callable, options: dict) -> tuple[Graph, int, list]:
+    """The graph, the local bound ``b`` and every neighbour group's rule of ``config``.
+
+    Each group's attack and rule bounds are checked on the way; a failing
+    one names a node of the group and its degree.
+    """
+    _check_common(config, name)
+    registry("algorithm").check_options(name, config.algorithm_options)
+    graph = graph_of(config)
+    b = local_bound(config, graph)
+    attack = edge_attack_of(config)
+    attack_options = attacks.options_for(config.attack, dict(config.attack_options))
+    opts = {**options, **config.algorithm_options}
+    rules = []
+    for group in graph.groups:
+        try:
+            if group.num_byzantine > 0:
+                attacks.check_bounds(
+                    attack.name, attack_options, group.degree + 1, group.num_byzantine
+                )
+            rules.append(make_rule(config, group, b, opts))
+        except ValueError as err:
+            raise ValueError(_neighbourhood_error(err, graph, group, b)) from None
+    return graph, b, rules
+
+
 def _checker(name: str, make_rule: Callable, options: dict) -> Callable:
     """``check(config)`` of the decentralized algorithm ``name``: builds the graph, every rule."""
 
     def check(config) -> None:
-        _check_common(config, name)
-        registry("algorithm").check_options(name, config.algorithm_options)
-        graph = graph_of(config)
-        b = local_bound(config, graph)
-        attack = edge_attack_of(config)
-        attack_options = attacks.options_for(config.attack, dict(config.attack_options))
-        opts = {**options, **config.algorithm_options}
-        for group in graph.groups:
-            try:
-                if group.num_byzantine > 0:
-                    attacks.check_bounds(
-                        attack.name, attack_options, group.degree + 1, group.num_byzantine
-                    )
-                make_rule(config, group, b, opts)
-            except ValueError as err:
-                raise ValueError(_neighbourhood_error(err, graph, group, b)) from None
+        _checked(config, name, make_rule, options)
 
     return check
 
@@ -334,13 +345,9 @@ def _build(setup: Setup, name: str, make_rule: Callable, options: dict) -> Algor
     one neighbour group's rule; ``init_state(own)`` its per-node state.
     """
     config, problem = setup.config, setup.problem
-    _checker(name, make_rule, options)(config)
-    graph = graph_of(config)
-    b = local_bound(config, graph)
+    graph, _, rules = _checked(config, name, make_rule, options)
     attack = edge_attack_of(config)
-    opts = {**options, **config.algorithm_options}
     groups = graph.groups
-    rules = [make_rule(config, g, b, opts) for g in groups]
     x_train, y_train = setup.x_train, setup.y_train
     schedule = lr_factor(config)
     h = graph.num_honest
