@@ -907,9 +907,7 @@ def _aggregator_aware(name: str, vector: Callable[[PyTree, PyTree, Array], PyTre
     return Attack(name, _stateless(fn), needs_defence=True)
 
 
-def alie_aware(
-    max_z: Annotated[float, Gt(0)] = 10.0, points: Annotated[int, Ge(1)] = 16
-) -> Attack:
+def alie_aware(max_z: Annotated[float, Gt(0)] = 10.0, points: Annotated[int, Ge(1)] = 16) -> Attack:
     """Aggregator-aware ALIE: ``mu - z sigma``, ``z`` in ``[0, max_z]`` maximising the damage.
 
     The damage of ``z`` is ``||F(pre(honest + b copies)) - mu||`` for the

@@ -512,6 +512,17 @@ class Graph:
         return self.adjacency[: self.num_honest, self.num_honest :].sum(axis=1)
 
     @property
+    def byzantine_weight(self) -> np.ndarray:
+        """Every honest node's gossip weight on Byzantine neighbours, ``(h,)``.
+
+        ``delta_i = sum_{j Byzantine} W_ij``, the quantity whose maximum
+        ``delta_max`` bounds ClippedGossip's error (He, Karimireddy, Jaggi
+        2022): robust gossip needs it small against the spectral gap.
+        """
+        h = self.num_honest
+        return self.weights[:h, h:].sum(axis=1)
+
+    @property
     def spectral_gap(self) -> float:
         """:func:`spectral_gap` of ``W``."""
         return spectral_gap(self.weights)
@@ -523,7 +534,7 @@ class Graph:
         return _fiedler(self.adjacency[:h, :h])[0]
 
     def describe(self) -> str:
-        """One line: nodes, edges, degrees, Byzantine neighbours, spectral gap.
+        """One line: nodes, edges, degrees, Byzantine neighbours and weight, spectral gap.
 
         Examples
         --------
@@ -533,6 +544,7 @@ class Graph:
         6 edges
         degree 2..2
         Byzantine neighbours per honest node <= 1
+        Byzantine weight delta_max 0.3333
         spectral gap of W (metropolis) 0.3333
         honest algebraic connectivity 0.3820
         """
@@ -542,6 +554,7 @@ class Graph:
             f"{self.name or 'graph'}: {self.num_nodes} nodes ({self.num_honest} honest), "
             f"{int(self.adjacency.sum()) // 2} edges, degree {d.min()}..{d.max()}, "
             f"Byzantine neighbours per honest node <= {b.max() if b.size else 0}, "
+            f"Byzantine weight delta_max {self.byzantine_weight.max(initial=0.0):.4f}, "
             f"spectral gap of W ({self.weight_rule}) {self.spectral_gap:.4f}, "
             f"honest algebraic connectivity {self.honest_connectivity:.4f}"
         )
