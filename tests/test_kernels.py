@@ -74,6 +74,20 @@ def test_weighted_sum_skips_zero_weight_bad_rows():
     np.testing.assert_allclose(out, [2.0, 3.0])
 
 
+@pytest.mark.parametrize("n", [5, 64, 65, 100, 130])  # one chain; a product or scanned chains
+@pytest.mark.parametrize("skip_zero", [True, False])
+def test_weighted_sum_against_float64_at_every_size(n, skip_zero, rng):
+    x = rng.standard_normal((n, 3, 7)).astype(np.float32)
+    w = rng.uniform(-1.0, 1.0, n).astype(np.float32)
+    w[::7] = 0.0
+    if skip_zero:
+        x[::7] = np.inf  # zero-weight bad rows are skipped
+    reference = np.einsum("i,ijk->jk", w.astype(np.float64), np.where(w[:, None, None] != 0, x, 0))
+    out = jax.jit(lambda a, b: kernels.weighted_sum(a, b, skip_zero=skip_zero))(w, x)
+    assert out.shape == (3, 7) and out.dtype == jnp.float32
+    np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_smallest_mask_breaks_ties_by_index():
     mask = kernels.smallest_mask(jnp.array([3.0, 1.0, 1.0, jnp.inf, 0.0]), 3)
     np.testing.assert_array_equal(mask, [False, True, True, False, True])
