@@ -714,7 +714,12 @@ def scale_rows(scales: Array, updates: PyTree) -> PyTree:
 def smallest_mask(values: Array, k: int) -> Array:
     """Boolean mask of the ``k`` smallest entries along the last axis.
 
-    Ties go to the lower index; ``inf`` entries are taken last.
+    Ties go to the lower index; ``inf`` and NaN entries are taken last (NaN
+    counts as ``+inf``). The ``k``-th smallest value of each row comes from
+    :func:`order_statistics` (a sorting network, or selection by bisection
+    above ``SORT_NETWORK_MAX_N``), then one pass keeps what lies below it
+    and the first ties: no sort of the rows (two ``argsort`` of a 1,000 x
+    1,000 distance matrix took 368 ms on the CPU, NNM's whole round).
 
     Parameters
     ----------
@@ -738,13 +743,23 @@ def smallest_mask(values: Array, k: int) -> Array:
     >>> import jax.numpy as jnp
     >>> smallest_mask(jnp.array([3.0, 1.0, jnp.inf, 1.0]), 2).tolist()
     [False, True, False, True]
+    >>> smallest_mask(jnp.array([jnp.nan, 2.0, jnp.inf, 1.0]), 3).tolist()
+    [True, True, False, True]
     """
     n = values.shape[-1]
     if not 0 <= k <= n:
         raise ValueError(f"cannot select {k} of {n} entries")
-    order = jnp.argsort(values, axis=-1, stable=True)
-    ranks = jnp.argsort(order, axis=-1, stable=True)
-    return ranks < k
+    if k == 0 or k == n:
+        return jnp.full(values.shape, k == n)
+    v = jnp.where(jnp.isnan(values), jnp.inf, values)
+    rows = v.reshape(-1, n)
+    (threshold,) = order_statistics(rows.T, [k - 1])
+    threshold = computed_once(threshold)[:, None]
+    below = rows < threshold
+    ties = rows == threshold
+    room = k - jnp.sum(below, axis=-1, keepdims=True)
+    chosen = below | (ties & (jnp.cumsum(ties, axis=-1) <= room))
+    return chosen.reshape(values.shape)
 
 
 def smallest_sum(values: Array, k: int) -> Array:

@@ -93,6 +93,20 @@ def test_smallest_mask_breaks_ties_by_index():
     np.testing.assert_array_equal(mask, [False, True, True, False, True])
 
 
+@pytest.mark.parametrize("n", [1, 5, 16, 129, 300])  # a sorting network, then bisection
+def test_smallest_mask_equals_a_stable_argsort(n, rng):
+    values = rng.integers(0, 4, (6, n)).astype(np.float32)  # many ties
+    values[0, ::3] = np.inf
+    values[1, ::4] = np.nan  # counts as +inf, taken last in index order
+    ranked = np.where(np.isnan(values), np.inf, values)
+    order = np.argsort(ranked, axis=-1, kind="stable")
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        expected = np.zeros(values.shape, bool)
+        np.put_along_axis(expected, order[:, :k], True, axis=-1)
+        mask = jax.jit(kernels.smallest_mask, static_argnums=1)(values, k)
+        np.testing.assert_array_equal(mask, expected)
+
+
 def test_num_workers_rejects_mismatched_leaves():
     with pytest.raises(ValueError, match="same worker axis"):
         kernels.num_workers({"a": jnp.zeros((3, 2)), "b": jnp.zeros((4,))})
