@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import flat, make_tree
 
+import jaxrobust.functional
 from jaxrobust import kernels
 
 
@@ -198,3 +199,40 @@ def test_bad_and_huge_rows_do_not_move_the_centre():
 def test_coordinate_reference_with_more_than_half_bad_is_zero_there():
     x = np.array([[np.nan, 1.0], [np.inf, 2.0], [5.0, 3.0]], np.float32)
     np.testing.assert_array_equal(kernels.coordinate_reference(x), [0.0, 2.0])
+
+
+def _closest_sum_reference(x: np.ndarray, centre: np.ndarray, keep: int) -> np.ndarray:
+    """float64: the ``keep`` values nearest ``centre``; boundary ties from below first."""
+    out = []
+    for k in range(x.shape[1]):
+        v = np.where(np.isnan(x[:, k]), np.inf, x[:, k]).astype(np.float64)
+        dist = np.abs(v - centre[k])
+        # nearest first; at equal distance the lower value first
+        order = np.lexsort((v, dist))
+        out.append(v[order[:keep]].sum())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n", [7, 130, 257])  # a sorting network, then bisection
+def test_closest_sum_against_float64(n, rng):
+    x = rng.integers(-3, 4, (n, 40)).astype(np.float32)  # many ties at the boundary
+    x[: n // 8] = np.inf
+    x[n // 8 : n // 4] = np.nan
+    centre = np.asarray(kernels.coordinate_median(jnp.asarray(x)))
+    for keep in (1, n // 2, n - n // 4):
+        got = jax.jit(kernels.closest_sum, static_argnums=2)(x, centre, keep)
+        np.testing.assert_allclose(got, _closest_sum_reference(x, centre, keep), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [130, 200])
+def test_meamed_by_selection_against_float64(n, rng):
+    f = n // 4
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    x[:f] = 1e30  # f planted outliers
+    x[0, :5] = np.nan
+    out = jax.jit(lambda u: jaxrobust.functional.meamed(u, f))(x)
+    v = np.where(np.isnan(x), np.inf, x).astype(np.float64)
+    srt = np.sort(v, 0)
+    centre = 0.5 * (srt[n // 2 - 1] + srt[n // 2]) if n % 2 == 0 else srt[n // 2]
+    np.testing.assert_allclose(out, _closest_sum_reference(x, centre, n - f) / (n - f), rtol=1e-5)
+    assert np.all(np.abs(np.asarray(out)) < 10)

@@ -225,7 +225,13 @@ def meamed(updates: PyTree, f: int) -> PyTree:
     statistics ``s_j .. s_{j+n-f-1}`` for some ``j`` in ``0..f``; the chosen
     window minimises its largest distance to the median (ties: lowest ``j``).
     The median is that of :func:`median` (mean of the two middle values for
-    even ``n``).
+    even ``n``). Above ``kernels.SORT_NETWORK_MAX_N`` workers the rule takes
+    the ``n - f`` values closest to the median by two selections
+    (:func:`jaxrobust.kernels.closest_sum`) instead of sorting the worker
+    axis (n = 1,024, d = 65,536: 26 s -> 1.1 s on the 2-core CPU); the two
+    agree except where several values lie at exactly the boundary distance,
+    which the window picks by its lowest start and the selection by
+    closeness first, then from below.
 
     Parameters
     ----------
@@ -264,6 +270,13 @@ def meamed(updates: PyTree, f: int) -> PyTree:
     n = kernels.num_workers(updates, "meamed")
     check_meamed(n, f)
     keep = n - f
+    if n > kernels.SORT_NETWORK_MAX_N:  # two selections instead of a sort of the worker axis
+
+        def one(leaf):
+            centre = kernels.coordinate_median(leaf)
+            return (kernels.closest_sum(leaf, centre, keep) / keep).astype(leaf.dtype)
+
+        return jax.tree_util.tree_map(one, updates)
 
     def rule(s):
         med = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
