@@ -261,6 +261,42 @@ def exponential(n: int) -> np.ndarray:
     return _symmetric(src, dst, n)
 
 
+@TOPOLOGIES.register("adjacency")
+def adjacency(n: int, *, matrix: list[list[float]] | None = None) -> np.ndarray:
+    """A graph given in memory: ``topology_options: {matrix: [[0, 1, ...], ...]}``.
+
+    For a graph built in Python (networkx, a data set's own network) without
+    writing a file: ``Config(topology="adjacency", topology_options={"matrix":
+    a.tolist()})`` keeps the configuration serialisable (YAML, run ids).
+
+    Parameters
+    ----------
+    n : int
+        Number of nodes.
+    matrix : nested list or array
+        ``n x n``; nonzero entries are edges, the diagonal is ignored.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bool`` ``(n, n)``.
+
+    Raises
+    ------
+    ValueError
+        No ``matrix``, or one that is not square, not of ``n`` nodes, not
+        symmetric or not connected.
+
+    Examples
+    --------
+    >>> adjacency(3, matrix=[[0, 1, 0], [1, 0, 1], [0, 1, 0]]).sum(axis=1).tolist()
+    [1, 2, 1]
+    """
+    if matrix is None:
+        raise ValueError("topology 'adjacency' needs topology_options: {matrix: [[0, 1, ...], ...]}")
+    return _checked_adjacency(np.asarray(matrix, dtype=float), n, "topology_options matrix")
+
+
 def load_adjacency(path: str, n: int | None = None) -> np.ndarray:
     """An adjacency matrix from a file: ``.npy``, or text readable by ``numpy.loadtxt``.
 
@@ -293,20 +329,24 @@ def load_adjacency(path: str, n: int | None = None) -> np.ndarray:
     [1, 2, 1]
     """
     matrix = np.load(path) if path.endswith(".npy") else np.loadtxt(path, delimiter=None)
-    matrix = np.asarray(matrix)
+    return _checked_adjacency(np.asarray(matrix), n, f"adjacency matrix {path}")
+
+
+def _checked_adjacency(matrix: np.ndarray, n: int | None, what: str) -> np.ndarray:
+    """``matrix != 0`` without self-loops, once square, of ``n`` nodes, symmetric, connected."""
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"adjacency matrix {path} must be square, got shape {matrix.shape}")
+        raise ValueError(f"{what} must be square, got shape {matrix.shape}")
     if n is not None and matrix.shape[0] != n:
         raise ValueError(
-            f"adjacency matrix {path} has {matrix.shape[0]} nodes, but the run has "
+            f"{what} has {matrix.shape[0]} nodes, but the run has "
             f"n = num_honest + num_byzantine = {n}"
         )
     adjacency = matrix != 0
     np.fill_diagonal(adjacency, False)
     if not (adjacency == adjacency.T).all():
-        raise ValueError(f"adjacency matrix {path} must be symmetric (an undirected graph)")
+        raise ValueError(f"{what} must be symmetric (an undirected graph)")
     if not is_connected(adjacency):
-        raise ValueError(f"adjacency matrix {path} is not connected")
+        raise ValueError(f"{what} is not connected")
     return adjacency
 
 

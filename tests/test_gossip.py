@@ -141,6 +141,17 @@ def test_topology_errors_name_the_choices(tmp_path):
     assert topology.adjacency_of(path, 6).sum() == 12
     with pytest.raises(ValueError, match="has 6 nodes, but the run has n"):
         topology.adjacency_of(path, 7)
+    # the same graph in memory, through the config (serialisable, no file)
+    matrix = {"matrix": topology.ring(6).astype(int).tolist()}
+    np.testing.assert_array_equal(topology.adjacency_of("adjacency", 6, matrix), topology.ring(6))
+    config = Config(algorithm="gossip", num_honest=5, num_byzantine=1, topology="adjacency")
+    with pytest.raises(ConfigError, match=r"needs topology_options: \{matrix"):
+        config.validate()
+    config = config.replace(topology_options=matrix)
+    config.validate()
+    assert Config.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="topology_options matrix must be symmetric"):
+        topology.adjacency_of("adjacency", 2, {"matrix": [[0, 1], [0, 0]]})
 
 
 # --------------------------------------------------------------------------
