@@ -293,7 +293,9 @@ def adjacency(n: int, *, matrix: list[list[float]] | None = None) -> np.ndarray:
     [1, 2, 1]
     """
     if matrix is None:
-        raise ValueError("topology 'adjacency' needs topology_options: {matrix: [[0, 1, ...], ...]}")
+        raise ValueError(
+            "topology 'adjacency' needs topology_options: {matrix: [[0, 1, ...], ...]}"
+        )
     return _checked_adjacency(np.asarray(matrix, dtype=float), n, "topology_options matrix")
 
 
