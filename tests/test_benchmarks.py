@@ -104,3 +104,23 @@ def test_quick_suite_writes_finite_tables(tmp_path, mnist_dir, monkeypatch):
         assert title in text
     assert "## Distance products" in text and "nan" not in text.lower()
     sys.modules.pop("gpu_suite", None)
+
+
+def test_many_workers_and_cpu_threads_run_at_tiny_sizes(tmp_path, monkeypatch):
+    """The 1,000-worker and XLA:CPU benchmarks run end to end (tiny sizes, one process)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_threads
+    import many_workers
+
+    out = tmp_path / "many.json"
+    argv = ["--n", "8", "--models", "logistic_regression", "--steps", "2", "--repeats", "1"]
+    assert many_workers.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["program"] for r in rows][:2] == ["CWTM o NNM o ARC, ALIE", "mean, no attack"]
+    assert all(finite_positive(r["ms_per_round"]) for r in rows)
+    for kind in ("gram", "dot", "vmap"):  # in this process: no XLA flag needed
+        record = cpu_threads.child(kind, 6, 4099, 2, 1)
+        assert record["status"] == "ok" and finite_positive(record["ms"])
+        assert record["rel_err"] < 1e-5  # against float64 numpy
+    table = cpu_threads.markdown([{"variant": "default", "flags": "", **record}], 6, 4099)
+    assert "| default |" in table

@@ -148,9 +148,10 @@ def option_cases():
     return cases
 
 
-#: Options without a range to declare: PRNG seeds or keys, a testing hook, and the
-#: arguments a heterogeneity scheme receives from the run.
-UNRANGED = {"key", "sampler", "labels", "num_workers", "rng"}
+#: Options without a range to declare: PRNG seeds or keys, a testing hook, the
+#: arguments a heterogeneity scheme receives from the run, and a graph's matrix (checked
+#: whole by its topology: square, n nodes, symmetric, connected).
+UNRANGED = {"key", "sampler", "labels", "num_workers", "rng", "matrix"}
 #: The kinds whose options a configuration sets (COMPONENTS' options, defence_options).
 CONFIGURED = (
     "attack",
