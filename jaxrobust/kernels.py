@@ -335,10 +335,20 @@ def computed_once(value: Array) -> Array:
     consumer broadcasts it over the worker axis (``x_i - c``) it recomputes
     the producer once per worker. For a sorting network that is ``n`` times
     its cost: the centred Gram matrix of ``n = 100`` vectors of ``d =
-    26,122`` took 266 ms, 3.3 ms with this (an ``optimization_barrier`` or a
+    26,122`` took 266 ms, 6 ms with this (an ``optimization_barrier`` or a
     one-trip loop did not stop it, a ``cond`` does not survive ``vmap``). A
     reduction over ``value`` gives it a second consumer, so XLA computes it
     once; the test is true for every value, so the result is ``value``.
+
+    Parameters
+    ----------
+    value : Array
+        Any shape and dtype.
+
+    Returns
+    -------
+    Array
+        ``value``, unchanged (NaN and inf included).
 
     Examples
     --------
@@ -554,7 +564,10 @@ _CHAIN_BLOCK = 16
 
 
 def weighted_sum(weights: Array, updates: PyTree, *, skip_zero: bool = True) -> PyTree:
-    """``sum_i weights[i] * x_i`` over the worker axis, as one fused pass.
+    """``sum_i weights[i] * x_i`` over the worker axis, in about one pass over the data.
+
+    One fused chain of additions up to ``WEIGHTED_CHAIN_MAX_N`` workers; above,
+    a matrix-vector product, or chains of 16 rows in a scan with ``skip_zero``.
 
     With ``skip_zero`` a row of weight exactly 0 contributes nothing even if
     it holds NaN or inf (``0 * inf`` would be NaN). The result has the input
@@ -711,15 +724,20 @@ def scale_rows(scales: Array, updates: PyTree) -> PyTree:
 # --------------------------------------------------------------------------
 
 
+# Rows up to this long are ranked by two stable argsorts (cheap at this size, and they
+# compile in a fraction of the time a sorting network of the row takes).
+SMALLEST_MASK_SORT_MAX_N = 64
+
+
 def smallest_mask(values: Array, k: int) -> Array:
     """Boolean mask of the ``k`` smallest entries along the last axis.
 
     Ties go to the lower index; ``inf`` and NaN entries are taken last (NaN
-    counts as ``+inf``). The ``k``-th smallest value of each row comes from
-    :func:`order_statistics` (a sorting network, or selection by bisection
-    above ``SORT_NETWORK_MAX_N``), then one pass keeps what lies below it
-    and the first ties: no sort of the rows (two ``argsort`` of a 1,000 x
-    1,000 distance matrix took 368 ms on the CPU, NNM's whole round).
+    counts as ``+inf``). Rows of up to ``SMALLEST_MASK_SORT_MAX_N`` entries
+    are ranked by two stable ``argsort``; longer ones take the ``k``-th
+    smallest value from :func:`order_statistics` and keep in one pass what
+    lies below it and the first ties (two ``argsort`` of a 1,000 x 1,000
+    distance matrix took 368 ms on the CPU, NNM's whole round; this 10 ms).
 
     Parameters
     ----------
@@ -752,6 +770,9 @@ def smallest_mask(values: Array, k: int) -> Array:
     if k == 0 or k == n:
         return jnp.full(values.shape, k == n)
     v = jnp.where(jnp.isnan(values), jnp.inf, values)
+    if n <= SMALLEST_MASK_SORT_MAX_N:  # small rows: two stable argsorts compile fastest
+        ranks = jnp.argsort(jnp.argsort(v, axis=-1, stable=True), axis=-1, stable=True)
+        return ranks < k
     rows = v.reshape(-1, n)
     (threshold,) = order_statistics(rows.T, [k - 1])
     threshold = computed_once(threshold)[:, None]
@@ -1131,9 +1152,9 @@ def closest_sum(leaf: Array, centre: Array, keep: int) -> Array:
     :func:`order_statistics`; the values closer than ``t`` are added, and
     the rest of the ``keep`` are taken at distance ``t``, from below the
     centre first (the lowest window of sorted values, as a sorted-window
-    rule breaks ties). NaN counts as ``+inf``. Equal to summing that window
-    of the sorted values to float rounding (boundary values at distance
-    ``t`` enter through their mean).
+    rule breaks ties). NaN counts as ``+inf``. Values at distance ``t`` on
+    one side enter through their mean (equal values, up to the rounding of
+    ``t``).
 
     Parameters
     ----------
@@ -1148,6 +1169,11 @@ def closest_sum(leaf: Array, centre: Array, keep: int) -> Array:
     -------
     Array
         Shape ``(...)``, in at least float32.
+
+    Raises
+    ------
+    ValueError
+        ``"cannot keep <keep> of <n> values"``.
 
     Examples
     --------

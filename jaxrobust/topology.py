@@ -273,8 +273,10 @@ def adjacency(n: int, *, matrix: list[list[float]] | None = None) -> np.ndarray:
     ----------
     n : int
         Number of nodes.
-    matrix : nested list or array
-        ``n x n``; nonzero entries are edges, the diagonal is ignored.
+    matrix : nested list
+        ``n x n`` finite numbers; nonzero entries are edges, the diagonal is
+        ignored. A numpy array works too, but only a list (``a.tolist()``)
+        keeps the configuration writable to YAML.
 
     Returns
     -------
@@ -296,7 +298,13 @@ def adjacency(n: int, *, matrix: list[list[float]] | None = None) -> np.ndarray:
         raise ValueError(
             "topology 'adjacency' needs topology_options: {matrix: [[0, 1, ...], ...]}"
         )
-    return _checked_adjacency(np.asarray(matrix, dtype=float), n, "topology_options matrix")
+    try:
+        array = np.asarray(matrix, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"topology_options matrix must be an n x n matrix of numbers: {err}") from None
+    if not np.isfinite(array).all():
+        raise ValueError("topology_options matrix must hold finite numbers (nonzero: an edge)")
+    return _checked_adjacency(array, n, "topology_options matrix")
 
 
 def load_adjacency(path: str, n: int | None = None) -> np.ndarray:
@@ -560,6 +568,16 @@ class Graph:
         ``delta_i = sum_{j Byzantine} W_ij``, the quantity whose maximum
         ``delta_max`` bounds ClippedGossip's error (He, Karimireddy, Jaggi
         2022): robust gossip needs it small against the spectral gap.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64, ``(h,)``, each in ``[0, 1)``.
+
+        Examples
+        --------
+        >>> build_graph(ring(6), num_byzantine=1).byzantine_weight.round(4).tolist()
+        [0.3333, 0.0, 0.0, 0.0, 0.3333]
         """
         h = self.num_honest
         return self.weights[:h, h:].sum(axis=1)

@@ -34,7 +34,8 @@ def meamed(x, f):
     med = np.median(x, axis=0)
     out = np.empty(d)
     for j in range(d):
-        closest = np.argsort(np.abs(x[:, j] - med[j]), kind="stable")[: n - f]
+        # nearest first; at equal distance the lower value first
+        closest = np.lexsort((x[:, j], np.abs(x[:, j] - med[j])))[: n - f]
         out[j] = x[closest, j].mean()
     return out
 

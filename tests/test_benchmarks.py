@@ -106,10 +106,10 @@ def test_quick_suite_writes_finite_tables(tmp_path, mnist_dir, monkeypatch):
     sys.modules.pop("gpu_suite", None)
 
 
-def test_many_workers_and_cpu_threads_run_at_tiny_sizes(tmp_path, monkeypatch):
-    """The 1,000-worker and XLA:CPU benchmarks run end to end (tiny sizes, one process)."""
+@pytest.mark.slow  # about 20 s: three programs compiled
+def test_many_workers_runs_at_tiny_sizes(tmp_path, monkeypatch):
+    """The 1,000-worker benchmark runs end to end (8 workers, 2 rounds)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import cpu_threads
     import many_workers
 
     out = tmp_path / "many.json"
@@ -118,6 +118,13 @@ def test_many_workers_and_cpu_threads_run_at_tiny_sizes(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())
     assert [r["program"] for r in rows][:2] == ["CWTM o NNM o ARC, ALIE", "mean, no attack"]
     assert all(finite_positive(r["ms_per_round"]) for r in rows)
+
+
+def test_cpu_threads_variants_run_and_stay_exact(monkeypatch):
+    """The XLA:CPU variants that need no flag, in this process, against float64."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_threads
+
     for kind in ("gram", "dot", "vmap"):  # in this process: no XLA flag needed
         record = cpu_threads.child(kind, 6, 4099, 2, 1)
         assert record["status"] == "ok" and finite_positive(record["ms"])

@@ -152,6 +152,30 @@ def test_topology_errors_name_the_choices(tmp_path):
     assert Config.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="topology_options matrix must be symmetric"):
         topology.adjacency_of("adjacency", 2, {"matrix": [[0, 1], [0, 0]]})
+    bad = {
+        "is not connected": [[0, 1, 0], [1, 0, 0], [0, 0, 0]],
+        "has 2 nodes, but the run has n": [[0, 1], [1, 0]],
+        "an n x n matrix of numbers": [[0, 1], [1]],
+        "finite numbers": [[0, float("nan"), 1], [float("nan"), 0, 1], [1, 1, 0]],
+    }
+    for message, matrix in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            Config(
+                algorithm="gossip",
+                num_honest=2,
+                num_byzantine=1,
+                topology="adjacency",
+                topology_options={"matrix": matrix},
+            ).validate()
+
+
+def test_byzantine_weight_against_numpy():
+    graph = topology.build_graph(topology.erdos_renyi(12, p=0.4, seed=2), num_byzantine=3)
+    h = graph.num_honest
+    w = topology.gossip_matrix(graph.adjacency, "metropolis")
+    expected = np.array([sum(w[i, j] for j in range(h, 12) if graph.adjacency[i, j]) for i in range(h)])
+    np.testing.assert_allclose(graph.byzantine_weight, expected, rtol=1e-12)
+    assert f"delta_max {expected.max():.4f}" in graph.describe()
 
 
 # --------------------------------------------------------------------------
@@ -334,7 +358,7 @@ def test_cs_plus_and_gts_against_numpy(algorithm):
 
 
 def test_clipped_gossip_stays_bounded_where_gossip_drifts_under_dissensus():
-    """The README's decentralized example, shortened: 100 rounds on ER(20, 0.5)."""
+    """The README's decentralized example, shortened: 60 rounds on ER(20, 0.5)."""
     config = Config(
         algorithm="gossip",
         topology="erdos_renyi",
@@ -343,8 +367,8 @@ def test_clipped_gossip_stays_bounded_where_gossip_drifts_under_dissensus():
         num_byzantine=4,
         attack="dissensus",
         model="logistic_regression",
-        steps=100,
-        eval_every=100,
+        steps=60,
+        eval_every=60,
     )
     data = load_dataset("digits")
     final = {}
@@ -353,7 +377,7 @@ def test_clipped_gossip_stays_bounded_where_gossip_drifts_under_dissensus():
         final[algorithm] = result.rows[-1]
     drift = final["gossip"]["consensus_distance"]
     held = final["clipped_gossip"]["consensus_distance"]
-    assert np.isfinite(held) and held < 0.05 < 0.5 < drift  # measured: 0.009 against 1.9
+    assert np.isfinite(held) and held < 0.05 < 0.3 < drift  # measured: 0.013 against 0.84
     assert final["clipped_gossip"]["worst_node_accuracy"] > final["gossip"]["worst_node_accuracy"]
 
 
