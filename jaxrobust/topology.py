@@ -301,7 +301,9 @@ def adjacency(n: int, *, matrix: list[list[float]] | None = None) -> np.ndarray:
     try:
         array = np.asarray(matrix, dtype=float)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"topology_options matrix must be an n x n matrix of numbers: {err}") from None
+        raise ValueError(
+            f"topology_options matrix must be an n x n matrix of numbers: {err}"
+        ) from None
     if not np.isfinite(array).all():
         raise ValueError("topology_options matrix must hold finite numbers (nonzero: an edge)")
     return _checked_adjacency(array, n, "topology_options matrix")
@@ -576,8 +578,8 @@ class Graph:
 
         Examples
         --------
-        >>> build_graph(ring(6), num_byzantine=1).byzantine_weight.round(4).tolist()
-        [0.3333, 0.0, 0.0, 0.0, 0.3333]
+        >>> sorted(build_graph(ring(6), num_byzantine=1).byzantine_weight.round(4).tolist())
+        [0.0, 0.0, 0.0, 0.3333, 0.3333]
         """
         h = self.num_honest
         return self.weights[:h, h:].sum(axis=1)

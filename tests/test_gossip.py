@@ -173,7 +173,9 @@ def test_byzantine_weight_against_numpy():
     graph = topology.build_graph(topology.erdos_renyi(12, p=0.4, seed=2), num_byzantine=3)
     h = graph.num_honest
     w = topology.gossip_matrix(graph.adjacency, "metropolis")
-    expected = np.array([sum(w[i, j] for j in range(h, 12) if graph.adjacency[i, j]) for i in range(h)])
+    expected = np.array(
+        [sum(w[i, j] for j in range(h, 12) if graph.adjacency[i, j]) for i in range(h)]
+    )
     np.testing.assert_allclose(graph.byzantine_weight, expected, rtol=1e-12)
     assert f"delta_max {expected.max():.4f}" in graph.describe()
 
