@@ -75,7 +75,7 @@ def test_weighted_sum_skips_zero_weight_bad_rows():
     np.testing.assert_allclose(out, [2.0, 3.0])
 
 
-@pytest.mark.parametrize("n", [5, 64, 65, 100, 130])  # one chain; a product or scanned chains
+@pytest.mark.parametrize("n", [5, 64, 65, 130])  # one chain; a product or scanned chains
 @pytest.mark.parametrize("skip_zero", [True, False])
 def test_weighted_sum_against_float64_at_every_size(n, skip_zero, rng):
     x = rng.standard_normal((n, 3, 7)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_smallest_mask_equals_a_stable_argsort(n, rng):
     values[1, ::4] = np.nan  # counts as +inf, taken last in index order
     ranked = np.where(np.isnan(values), np.inf, values)
     order = np.argsort(ranked, axis=-1, kind="stable")
-    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+    for k in sorted({0, n // 3, n - 1, n}):
         expected = np.zeros(values.shape, bool)
         np.put_along_axis(expected, order[:, :k], True, axis=-1)
         mask = jax.jit(kernels.smallest_mask, static_argnums=1)(values, k)
@@ -213,7 +213,7 @@ def _closest_sum_reference(x: np.ndarray, centre: np.ndarray, keep: int) -> np.n
     return np.array(out)
 
 
-@pytest.mark.parametrize("n", [7, 130, 257])  # a sorting network, then bisection
+@pytest.mark.parametrize("n", [7, 257])  # a sorting network, then bisection
 def test_closest_sum_against_float64(n, rng):
     x = rng.integers(-3, 4, (n, 40)).astype(np.float32)  # many ties at the boundary
     x[: n // 8] = np.inf

@@ -179,6 +179,7 @@ def test_quickstart(kernel_dirs, tmp_path):
     assert images(nb) >= 2  # the defences plot and the sweep's curves
 
 
+@pytest.mark.slow  # about 40 s; the quickstart notebook is the real case run in CI
 def test_arc_explained(kernel_dirs, tmp_path):
     nb = execute("arc_explained.ipynb", ARC_SMALL, kernel_dirs, tmp_path)
     text = all_text(nb)
