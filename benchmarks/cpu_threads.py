@@ -72,26 +72,25 @@ def _split_gram(kernels, x, k: int):
     return total + kernels.gram_matrix(x[:, body:]) if body < d else total
 
 
-def _shard_map_gram(kernels, x, k: int):
+def _shard_map_gram(gram, rows, k: int, centre=None):
+    """``gram(rows, centre)`` with the columns split over ``k`` host devices and ``psum``-ed;
+    the columns past a multiple of ``k`` are added on one device."""
     import jax
     from jax.sharding import Mesh, PartitionSpec
 
-    mesh = Mesh(jax.devices()[:k], ("columns",))
-
-    def part(rows):
-        return jax.lax.psum(kernels.gram_matrix(rows), "columns")
-
+    body = (rows.shape[1] // k) * k
+    columns = PartitionSpec(None, "columns")
+    args = (rows,) if centre is None else (rows, centre)
+    specs = columns if centre is None else (columns, PartitionSpec("columns"))
     fn = jax.shard_map(
-        part,
-        mesh=mesh,
-        in_specs=PartitionSpec(None, "columns"),
+        lambda *a: jax.lax.psum(gram(*a), "columns"),
+        mesh=Mesh(jax.devices()[:k], ("columns",)),
+        in_specs=specs,
         out_specs=PartitionSpec(),
         check_vma=False,
     )
-    d = x.shape[1]
-    body = (d // k) * k
-    total = fn(x[:, :body])
-    return total + kernels.gram_matrix(x[:, body:]) if body < d else total
+    total = fn(*(a[..., :body] for a in args))
+    return total + gram(*(a[..., body:] for a in args)) if body < rows.shape[1] else total
 
 
 def child(kind: str, n: int, d: int, k: int, repeats: int) -> dict:
@@ -124,8 +123,7 @@ def child(kind: str, n: int, d: int, k: int, repeats: int) -> dict:
 
         f = n // 4 - 1
         if kind == "krum_shard_map":
-            original = kernels.gram_matrix
-            kernels.gram_matrix = lambda u, c=None: _shard_map_gram_centred(original, u, c, k)
+            kernels.gram_matrix = _one_leaf_shard_map_gram(kernels.gram_matrix, k)
         tx = jaxrobust.krum(f)
         state = tx.init(x[0])
         fn = jax.jit(lambda u: tx.update(u, state)[0])
@@ -136,7 +134,7 @@ def child(kind: str, n: int, d: int, k: int, repeats: int) -> dict:
             "gram": lambda a: kernels.gram_matrix(a),
             "dot": lambda a: jnp.dot(a, a.T, precision=jax.lax.Precision.HIGHEST),
             "vmap": lambda a: _split_gram(kernels, a, k),
-            "shard_map": lambda a: _shard_map_gram(kernels, a, k),
+            "shard_map": lambda a: _shard_map_gram(kernels.gram_matrix, a, k),
         }
         fn = jax.jit(fns[kind])
         if kind == "shard_map" and x.shape[1] % k == 0:  # the data already split, as it would live
@@ -152,36 +150,18 @@ def child(kind: str, n: int, d: int, k: int, repeats: int) -> dict:
     return record
 
 
-def _shard_map_gram_centred(original, updates, centre, k: int):
-    """``kernels.gram_matrix`` with its single leaf's columns split over ``k`` devices."""
+def _one_leaf_shard_map_gram(original, k: int):
+    """``kernels.gram_matrix`` with a single 2-D leaf's columns split over ``k`` devices."""
     import jax
-    from jax.sharding import Mesh, PartitionSpec
 
-    leaves = jax.tree_util.tree_leaves(updates)
-    if len(leaves) != 1 or leaves[0].ndim != 2 or leaves[0].shape[1] % k:
-        return original(updates, centre)
-    mesh = Mesh(jax.devices()[:k], ("columns",))
-    c = None if centre is None else jax.tree_util.tree_leaves(centre)[0]
+    def gram(updates, centre=None):
+        leaves = jax.tree_util.tree_leaves(updates)
+        if len(leaves) != 1 or leaves[0].ndim != 2:
+            return original(updates, centre)
+        c = None if centre is None else jax.tree_util.tree_leaves(centre)[0]
+        return _shard_map_gram(original, leaves[0], k, c)
 
-    def part(rows, cc):
-        return jax.lax.psum(original(rows, cc), "columns")
-
-    spec = PartitionSpec(None, "columns")
-    if c is None:
-        return jax.shard_map(
-            lambda r: jax.lax.psum(original(r), "columns"),
-            mesh=mesh,
-            in_specs=spec,
-            out_specs=PartitionSpec(),
-            check_vma=False,
-        )(leaves[0])
-    return jax.shard_map(
-        part,
-        mesh=mesh,
-        in_specs=(spec, PartitionSpec("columns")),
-        out_specs=PartitionSpec(),
-        check_vma=False,
-    )(leaves[0], c)
+    return gram
 
 
 def run_variant(name: str, n: int, d: int, k: int, repeats: int) -> dict:

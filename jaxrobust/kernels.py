@@ -602,8 +602,7 @@ def weighted_sum(weights: Array, updates: PyTree, *, skip_zero: bool = True) -> 
         if n <= WEIGHTED_CHAIN_MAX_N:
             return _weighted_chain(w, leaf, skip_zero, acc).astype(leaf.dtype)
         if not skip_zero:
-            rows = leaf.reshape(n, -1).astype(acc)
-            total = jnp.dot(w, rows, precision=lax.Precision.HIGHEST)
+            total = _mix_plain(w, leaf.reshape(n, -1).astype(acc))
             return total.reshape(leaf.shape[1:]).astype(leaf.dtype)
         # chains of _CHAIN_BLOCK rows in a scan: one read of the data, the zero-weight
         # rows masked row by row (a masked copy for a matrix product would cost more)

@@ -481,14 +481,10 @@ def _bridge(config, group, b, options):
 
 
 def _clipped(config, group, b, options):
+    # num_clipped (an int >= 0 or None) is declared in _declare below, checked with the config
     tau, num_clipped = options["tau"], options["num_clipped"]
     if tau is not None and not tau > 0:
         raise ValueError(f"clipped_gossip needs tau > 0 or None (adaptive), got tau={tau}")
-    if num_clipped is not None and not (isinstance(num_clipped, int) and num_clipped >= 0):
-        raise ValueError(
-            f"clipped_gossip needs num_clipped >= 0 (an int) or None (the local bound), "
-            f"got num_clipped={num_clipped!r}"
-        )
     return _clipped_gossip_rule(tau, b if num_clipped is None else num_clipped), _stateless
 
 
